@@ -1,0 +1,169 @@
+"""What makes a backup complete, and how it is written, decides whether a restore can be trusted."""
+
+import datetime
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
+
+WHEN = datetime.datetime(2025, 10, 7, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+def make_backup(directory, env="production", when=WHEN, payload=b"archive bytes", kind="database", meta=None):
+    name = bs.archive_name(kind, env, when, "gzip")
+    path = os.path.join(str(directory), name)
+    with open(path, "wb") as handle:
+        handle.write(payload)
+    data = {"archive": name, "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    data.update(meta or {})
+    bs.write_metadata(path, data)
+    return path
+
+
+def test_names_follow_the_shop_guide():
+    assert bs.archive_name("database", "production", WHEN, "gzip") == "database_production_20251007_120000.tar.gz"
+    assert bs.archive_name("volumes", "staging", WHEN, "zstd") == "volumes_staging_20251007_120000.tar.zst"
+    assert bs.archive_name("volumes", "dev-eu", WHEN, "none") == "volumes_dev-eu_20251007_120000.tar"
+    assert bs.metadata_path("/b/database_production_20251007_120000.tar.gz") == "/b/database_production_20251007_120000_metadata.json"
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("database_production_20251007_120000.tar.gz", ("database", "production", WHEN, ".tar.gz")),
+    ("volumes_dev-eu_20251007_120000.tar", ("volumes", "dev-eu", WHEN, ".tar")),
+    ("database_production_20251007_120000.tar.gz.partial", None),
+    ("database_production_20251307_120000.tar.gz", None),
+    ("database_production_20251007_120000_metadata.json", None),
+    ("notes.txt", None),
+])
+def test_parse_archive_name(name, expected):
+    assert bs.parse_archive_name(name) == expected
+
+
+@pytest.mark.parametrize("env", ["", "prod_eu", "../x", "pro duction"])
+def test_bad_environment_names_are_refused_with_the_fix(env):
+    with pytest.raises(bs.BackupError, match="use letters, digits and '-' only"):
+        bs.stem("database", env, WHEN)
+
+
+def test_unknown_compression_names_the_choices():
+    with pytest.raises(bs.BackupError, match="use one of gzip, none, zstd"):
+        bs.archive_name("database", "production", WHEN, "bzip2")
+
+
+def test_completeness_needs_metadata_naming_the_archive_with_its_size(tmp_path):
+    good = make_backup(tmp_path, when=WHEN)
+    no_meta = os.path.join(str(tmp_path), "database_production_20251008_120000.tar.gz")
+    open(no_meta, "wb").close()
+    wrong_size = make_backup(tmp_path, when=WHEN + datetime.timedelta(days=2))
+    with open(wrong_size, "ab") as handle:
+        handle.write(b"x")
+    other_env = make_backup(tmp_path, env="staging")
+    (tmp_path / "notes.txt").write_text("mine")
+
+    found = bs.list_backups(str(tmp_path), "database", "production")
+    assert [b.path for b in found] == [good, no_meta, wrong_size]
+    assert [b.complete for b in found] == [True, False, False]
+    assert "metadata file database_production_20251008_120000_metadata.json is missing" == found[1].problem
+    assert "metadata records" in found[2].problem
+    assert other_env not in [b.path for b in found]
+
+
+def test_damaged_metadata_makes_a_backup_incomplete(tmp_path):
+    path = make_backup(tmp_path)
+    with open(bs.metadata_path(path), "w") as handle:
+        handle.write("{not json")
+    (backup,) = bs.list_backups(str(tmp_path))
+    assert not backup.complete
+    assert "not valid JSON" in backup.problem
+
+
+def test_latest_is_the_newest_complete_backup_and_its_checksum_is_checked(tmp_path):
+    older = make_backup(tmp_path, when=WHEN)
+    newer_incomplete = os.path.join(str(tmp_path), "database_production_20251009_120000.tar.gz")
+    open(newer_incomplete, "wb").close()
+    assert bs.resolve_source("latest", str(tmp_path), "database", "production").path == older
+
+    with open(older, "r+b") as handle:
+        handle.write(b"X")
+    with pytest.raises(bs.BackupError, match="is corrupted: sha256"):
+        bs.resolve_source("latest", str(tmp_path), "database", "production")
+
+
+def test_source_errors_say_what_to_do(tmp_path):
+    with pytest.raises(bs.BackupError, match="no complete database backup for environment 'production'"):
+        bs.resolve_source("latest", str(tmp_path), "database", "production")
+    with pytest.raises(bs.BackupError, match="does not exist: check the path or use src=latest"):
+        bs.resolve_source(str(tmp_path / "database_production_20251007_120000.tar.gz"), str(tmp_path), "database", "production")
+    with pytest.raises(bs.BackupError, match="is not a backup of this collection"):
+        bs.resolve_source(str(tmp_path / "dump.sql.gz"), str(tmp_path), "database", "production")
+    volumes = make_backup(tmp_path, kind="volumes")
+    with pytest.raises(bs.BackupError, match="is a volumes backup, not a database backup"):
+        bs.resolve_source(volumes, str(tmp_path), "database", "production")
+
+
+def test_atomic_file_is_0600_and_leaves_nothing_on_failure(tmp_path):
+    target = str(tmp_path / "database_production_20251007_120000.tar.gz")
+    with pytest.raises(RuntimeError):
+        with bs.AtomicFile(target) as out:
+            out.handle.write(b"half")
+            assert stat.S_IMODE(os.stat(out.partial).st_mode) == 0o600
+            raise RuntimeError("disk died")
+    assert os.listdir(str(tmp_path)) == []
+
+    with bs.AtomicFile(target) as out:
+        out.handle.write(b"whole")
+        out.commit()
+    assert os.listdir(str(tmp_path)) == [os.path.basename(target)]
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
+def test_lock_refuses_a_second_writer_in_another_process(tmp_path):
+    code = (
+        "import sys\n"
+        "from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs\n"
+        "try:\n"
+        "    with bs.backup_lock(sys.argv[1], 'database', 'production'):\n"
+        "        pass\n"
+        "except bs.BackupError as exc:\n"
+        "    print(exc); sys.exit(3)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    with bs.backup_lock(str(tmp_path), "database", "production"):
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 3, proc.stderr
+    assert "another database backup of 'production' is running" in proc.stdout
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_compressed_sink_streams_and_counts_what_reached_the_file(tmp_path, compression):
+    payload = os.urandom(3 * bs.CHUNK) + b"inventario " * 100000
+    path = str(tmp_path / ("x" + bs.EXTENSIONS[compression]))
+    with open(path, "wb") as handle:
+        sink = bs.CompressedSink(handle, compression)
+        for offset in range(0, len(payload), 65536):
+            sink.write(payload[offset:offset + 65536])
+        size, digest = sink.close()
+    assert size == os.path.getsize(path)
+    assert digest == bs.sha256_file(path)
+    command = bs.decompressor_command(compression)
+    if command is None:
+        restored = open(path, "rb").read()
+    else:
+        restored = subprocess.run(command + [path], capture_output=True, check=True).stdout
+    assert restored == payload
+    assert bs.compression_of(os.path.basename(path).replace("x", "database_production_20251007_120000")) == compression
+
+
+def test_metadata_is_written_last_as_json(tmp_path):
+    path = make_backup(tmp_path, meta={"tables": {"ventas": 3, "año": 1}})
+    data = json.loads(open(bs.metadata_path(path), encoding="utf-8").read())
+    assert data["tables"] == {"ventas": 3, "año": 1}
+    assert stat.S_IMODE(os.stat(bs.metadata_path(path)).st_mode) == 0o600
