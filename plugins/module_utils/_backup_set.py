@@ -207,7 +207,10 @@ def resolve_source(src, directory, kind, environment):
 def backup_lock(directory, kind, environment):
     """One writer per directory+kind+environment; flock dies with its process, so no stale locks."""
     path = os.path.join(directory, ".%s_%s.lock" % (kind, environment))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise BackupError("cannot create lock file %s: %s; check that the directory exists and is writable" % (path, exc.strerror))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

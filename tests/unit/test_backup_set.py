@@ -167,3 +167,9 @@ def test_metadata_is_written_last_as_json(tmp_path):
     data = json.loads(open(bs.metadata_path(path), encoding="utf-8").read())
     assert data["tables"] == {"ventas": 3, "año": 1}
     assert stat.S_IMODE(os.stat(bs.metadata_path(path)).st_mode) == 0o600
+
+
+def test_lock_in_a_missing_directory_names_the_fix(tmp_path):
+    with pytest.raises(bs.BackupError, match="check that the directory exists and is writable"):
+        with bs.backup_lock(str(tmp_path / "missing"), "database", "production"):
+            pass
