@@ -1,0 +1,274 @@
+#!/usr/bin/python
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+
+DOCUMENTATION = r"""
+---
+module: backup_prune
+short_description: Delete old backups of one set, never the last good one
+version_added: 0.1.0
+description:
+  - Applies a retention policy to one backup set (one kind and environment, for example C(database_production_)) in a
+    directory, and deletes the backups it does not keep, archive and metadata together.
+  - A backup is kept if any rule keeps it. O(retention_days) keeps everything younger than that many days (the documented
+    C(RETENTION_DAYS) rule); O(keep_last) keeps the newest complete backups; O(keep_hourly), O(keep_daily), O(keep_weekly),
+    O(keep_monthly) and O(keep_yearly) follow C(restic forget) (newest to oldest, the newest backup of each distinct UTC
+    hour, day, ISO week, month or year fills one slot until the count is used up; while slots are left, the oldest
+    backup is kept as well).
+  - Only complete backups (metadata present, naming the archive, with the archive's size) count toward the keep rules.
+    If the policy would delete every complete backup, the newest one is kept and a warning is returned.
+  - An incomplete backup (archive without valid metadata, or metadata without its archive) is deleted only when it is
+    older than O(retention_days), older than O(partial_max_age) and older than the newest complete backup.
+  - C(.partial) files left by interrupted runs are deleted once older than O(partial_max_age).
+  - Ages come from the UTC timestamp in the file name, never from the modification time.
+  - Files outside the naming scheme, of another kind or environment, and anything that is not a regular file are never
+    touched.
+  - While deleting, the module holds the set's backup lock, so it cannot race a backup of the same set.
+author:
+  - Mini Market operations (!UNKNOWN)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+  idempotent:
+    description:
+      - When run twice in a row with the same parameters, the second run deletes nothing.
+      - A later run may delete backups that have aged out in the meantime.
+    support: full
+options:
+  path:
+    description:
+      - Directory that holds the backups, for example C(/var/backups/minimarket/database).
+    type: path
+    required: true
+  prefix:
+    description:
+      - The backup set, C(<kind>_<environment>_), for example C(database_production_).
+      - Only backups whose kind and environment are exactly these are considered; C(database_prod_) does not match
+        C(database_prod-eu_...).
+    type: str
+    required: true
+  retention_days:
+    description:
+      - Keep every backup younger than this many days (measured from now). V(0) turns the rule off.
+    type: int
+    default: 30
+  keep_last:
+    description:
+      - Always keep the newest N complete backups. V(0) turns the rule off.
+    type: int
+    default: 3
+  keep_hourly:
+    description:
+      - Keep the newest backup of each of the last N UTC hours that have a complete backup. V(0) turns the rule off.
+    type: int
+    default: 0
+  keep_daily:
+    description:
+      - Keep the newest backup of each of the last N UTC days that have a complete backup. V(0) turns the rule off.
+    type: int
+    default: 0
+  keep_weekly:
+    description:
+      - Keep the newest backup of each of the last N ISO weeks that have a complete backup. V(0) turns the rule off.
+    type: int
+    default: 0
+  keep_monthly:
+    description:
+      - Keep the newest backup of each of the last N months that have a complete backup. V(0) turns the rule off.
+    type: int
+    default: 0
+  keep_yearly:
+    description:
+      - Keep the newest backup of each of the last N years that have a complete backup. V(0) turns the rule off.
+    type: int
+    default: 0
+  partial_max_age:
+    description:
+      - C(.partial) leftovers older than this are deleted; incomplete backups are never deleted before this age.
+      - A number followed by V(s), V(m), V(h), V(d) or V(w), for example V(1d), V(12h), V(30m) or V(1d12h).
+    type: str
+    default: 1d
+notes:
+  - Days, weeks, months and years are UTC, like the timestamps in the file names.
+seealso:
+  - name: restic forget
+    description: The keep rules follow restic's policy.
+    link: https://restic.readthedocs.io/en/stable/060_forget.html
+"""
+
+EXAMPLES = r"""
+- name: Keep 30 days, at least 3 backups, and 7 daily, 4 weekly and 12 monthly backups
+  minimarket.backup.backup_prune:
+    path: /var/backups/minimarket/database
+    prefix: database_production_
+    retention_days: 30
+    keep_last: 3
+    keep_daily: 7
+    keep_weekly: 4
+    keep_monthly: 12
+    partial_max_age: 1d
+
+- name: Show what would be deleted, without deleting
+  minimarket.backup.backup_prune:
+    path: /var/backups/minimarket/volumes
+    prefix: volumes_staging_
+    retention_days: 14
+  check_mode: true
+  diff: true
+  register: plan
+"""
+
+RETURN = r"""
+deleted:
+  description:
+    - What was deleted (in check mode, what would be deleted), newest first.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Archive name, or the file name of an orphan metadata file or C(.partial) leftover.
+      type: str
+    created:
+      description: UTC time from the file name, ISO 8601.
+      type: str
+    state:
+      description: V(complete), V(incomplete) or V(partial).
+      type: str
+    problem:
+      description: Why an incomplete backup is not complete.
+      type: str
+      returned: when state is incomplete
+    files:
+      description: File names deleted, metadata before archive.
+      type: list
+      elements: str
+    reason:
+      description: Why it was deleted.
+      type: str
+    bytes:
+      description: Bytes freed by deleting it.
+      type: int
+  sample:
+    - name: database_production_20250101_020000.tar.gz
+      created: "2025-01-01T02:00:00+00:00"
+      state: complete
+      files:
+        - database_production_20250101_020000_metadata.json
+        - database_production_20250101_020000.tar.gz
+      reason: not kept by any rule
+      bytes: 10485760
+kept:
+  description:
+    - What was kept, newest first, with every rule that kept it (like restic's reasons).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Archive name, or the file name of an orphan metadata file or C(.partial) leftover.
+      type: str
+    created:
+      description: UTC time from the file name, ISO 8601.
+      type: str
+    state:
+      description: V(complete), V(incomplete) or V(partial).
+      type: str
+    problem:
+      description: Why an incomplete backup is not complete.
+      type: str
+      returned: when state is incomplete
+    files:
+      description: File names of the backup.
+      type: list
+      elements: str
+    reasons:
+      description: The rules that kept it, for example V(within 30 days), V(last backup), V(daily backup), V(weekly backup).
+      type: list
+      elements: str
+  sample:
+    - name: database_production_20250131_020000.tar.gz
+      created: "2025-01-31T02:00:00+00:00"
+      state: complete
+      files:
+        - database_production_20250131_020000_metadata.json
+        - database_production_20250131_020000.tar.gz
+      reasons:
+        - within 30 days
+        - last backup
+        - daily backup
+bytes_freed:
+  description: Total size of the deleted files (in check mode, of the files that would be deleted).
+  returned: always
+  type: int
+  sample: 10485760
+warnings:
+  description: Things an operator should look at, for example that the newest complete backup is older than O(retention_days).
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "the newest complete backup, database_production_20250101_020000.tar.gz, is older than 30 days: check that backups still run"
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._retention import Policy, prune
+
+POLICY_OPTIONS = (
+    "retention_days", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
+    "partial_max_age",
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            prefix=dict(type="str", required=True),
+            retention_days=dict(type="int", default=30),
+            keep_last=dict(type="int", default=3),
+            keep_hourly=dict(type="int", default=0),
+            keep_daily=dict(type="int", default=0),
+            keep_weekly=dict(type="int", default=0),
+            keep_monthly=dict(type="int", default=0),
+            keep_yearly=dict(type="int", default=0),
+            partial_max_age=dict(type="str", default="1d"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        policy = Policy(**dict((option, params[option]) for option in POLICY_OPTIONS))
+        result = prune(params["path"], params["prefix"], policy, utc_now(), module.check_mode)
+    except BackupError as exc:
+        module.fail_json(msg=str(exc))
+    for warning in result["warnings"]:
+        module.warn(warning)
+    output = dict(
+        changed=bool(result["deleted"]),
+        deleted=result["deleted"],
+        kept=result["kept"],
+        bytes_freed=result["bytes_freed"],
+    )
+    if module._diff:
+        output["diff"] = dict(
+            before_header=params["path"],
+            after_header=params["path"],
+            before="".join(name + "\n" for name in result["files_before"]),
+            after="".join(name + "\n" for name in result["files_after"]),
+        )
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()
