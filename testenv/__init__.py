@@ -1,0 +1,1 @@
+"""Test world for minimarket.backup: throwaway PostgreSQL, seed data, images, compose stack."""

@@ -1,0 +1,1 @@
+"""Mini Market seed database generator."""
