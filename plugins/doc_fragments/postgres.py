@@ -1,0 +1,59 @@
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+    DOCUMENTATION = r"""
+options:
+  login_user:
+    description:
+      - The PostgreSQL role to connect as.
+    type: str
+    default: postgres
+  login_password:
+    description:
+      - The password of O(login_user).
+      - Passed to the client tools in their environment (E(PGPASSWORD)), never on the command line.
+    type: str
+    default: ''
+  login_host:
+    description:
+      - Host running the database server.
+      - Empty means the default local Unix socket.
+    type: str
+    default: ''
+  login_port:
+    description:
+      - Database port.
+    type: int
+    default: 5432
+  login_unix_socket:
+    description:
+      - Directory of the server's Unix socket; takes precedence over O(login_host).
+    type: str
+    default: ''
+  maintenance_db:
+    description:
+      - Database used for administrative statements (create, rename, drop databases).
+    type: str
+    default: postgres
+  container:
+    description:
+      - Run C(psql), C(pg_dump), C(pg_restore) and C(pg_dumpall) inside this running container with C(docker exec -i),
+        so the tools match the server's version and the host needs no PostgreSQL client.
+      - Data streams through the container's standard input and output; connection settings are passed as
+        environment variables whose values never appear on the command line.
+      - Connection options are then resolved inside the container (an empty O(login_host) means the container's local socket).
+    type: str
+  bin_dir:
+    description:
+      - Directory holding the PostgreSQL client programs (for example C(/usr/lib/postgresql/15/bin)).
+      - With O(container), the directory inside the container.
+      - Default is to search E(PATH).
+    type: path
+requirements:
+  - PostgreSQL client programs (C(psql), C(pg_dump), C(pg_restore)) at least as new as the server, or the C(docker) CLI
+    when O(container) is used.
+"""

@@ -1,0 +1,767 @@
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Consistent split dump of one PostgreSQL database, safe restore and provable verification.
+
+Archive layout (an outer tar, streamed through the compressor, never staged):
+
+* ``schema.sql``      plain ``pg_dump --schema-only`` for humans and diffs;
+* ``pre-data.dump``   custom-format pre-data section (types, tables, functions...);
+* ``data/NNNN.sql``   one plain data-only ``pg_dump -t`` per table (COPY), dumped by
+  ``jobs`` parallel workers, all attached to one exported snapshot;
+* ``misc-data.dump``  custom-format data that is not table rows (sequence values,
+  large objects);
+* ``post-data.dump``  custom-format post-data section (indexes, constraints,
+  triggers), restored with ``pg_restore -j``;
+* ``globals.sql``     optional ``pg_dumpall --globals-only``;
+* ``manifest.json``   last: every stream's chunks with their sha256.
+
+A tar header needs its member's size, so each stream is cut into members of at
+most ``CHUNK`` bytes (``<stream>.partNNNNN``, the final one ending ``.last``).
+Restore reads the archive once, in order, and pipes each stream's chunks into
+its own ``psql``/``pg_restore`` process: table data loads in parallel before any
+index, constraint or trigger exists.
+"""
+
+import contextlib
+import glob
+import hashlib
+import io
+import json
+import os
+import queue
+import socket
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
+    EXTENSIONS,
+    FORMAT_VERSION,
+    PARTIAL_SUFFIX,
+    AtomicFile,
+    BackupError,
+    CompressedSink,
+    archive_name,
+    backup_lock,
+    check_environment,
+    compression_of,
+    decompressor_command,
+    resolve_source,
+    utc_now,
+    write_metadata,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._postgres import (
+    dump_pattern,
+    explain,
+    quote_ident,
+    quote_literal,
+)
+
+KIND = "database"
+ARCHIVE_FORMAT = "minimarket-pg-split-dump/1"
+COLLECTION_VERSION = "0.1.0"
+CHUNK = 4 * 1024 * 1024
+QUEUE_DEPTH = 2
+MANIFEST = "manifest.json"
+LAST = ".last"
+
+USER_RELATIONS = """
+SELECT n.nspname, c.relname, c.relpages
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+ORDER BY n.nspname, c.relname;
+"""
+
+USER_NS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
+OBJECT_COUNTS = """
+SELECT 'tables', count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND {ns}
+UNION ALL SELECT 'views', count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('v', 'm') AND {ns}
+UNION ALL SELECT 'sequences', count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' AND {ns}
+UNION ALL SELECT 'indexes', count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('i', 'I') AND {ns}
+UNION ALL SELECT 'constraints', count(*) FROM pg_constraint o JOIN pg_namespace n ON n.oid = o.connamespace WHERE {ns}
+UNION ALL SELECT 'triggers', count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE NOT t.tgisinternal AND {ns}
+UNION ALL SELECT 'functions', count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {ns}
+UNION ALL SELECT 'types', count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype IN ('e', 'd') AND {ns}
+UNION ALL SELECT 'large_objects', count(*) FROM pg_largeobject_metadata;
+""".format(ns=USER_NS)
+
+
+def table_name(schema, name):
+    return "%s.%s" % (schema, name)
+
+
+def chunk_member(stream, seq, last):
+    return "%s.part%05d%s" % (stream, seq, LAST if last else "")
+
+
+def parse_member(member):
+    """(stream, seq, last) of a chunk member name, or None."""
+    last = member.endswith(LAST)
+    base = member[: -len(LAST)] if last else member
+    stream, sep, part = base.rpartition(".part")
+    if not sep or not part.isdigit():
+        return None
+    return stream, int(part), last
+
+
+def read_full(stream, size):
+    """BufferedReader.read already blocks for size bytes; raw pipes may return less."""
+    parts = []
+    remaining = size
+    while remaining > 0:
+        block = stream.read(remaining)
+        if not block:
+            break
+        parts.append(block)
+        remaining -= len(block)
+    return b"".join(parts)
+
+
+class Aborted(BackupError):
+    """A worker stopped because another one failed; the other's error is the one to report."""
+
+
+class ArchiveWriter(object):
+    """Serialises chunk members from parallel producers into one streamed tar."""
+
+    def __init__(self, sink, mtime):
+        self.sink = sink
+        self.mtime = mtime
+        self.lock = threading.Lock()
+        self.streams = {}
+        self.order = []
+
+    def _add(self, name, data):
+        """Header, data and padding in three writes: tarfile's 16 KiB copy loop costs more than pg_dump itself."""
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = self.mtime
+        info.mode = 0o600
+        self.sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self.sink.write(data)
+        remainder = len(data) % tarfile.BLOCKSIZE
+        if remainder:
+            self.sink.write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
+
+    def register(self, stream, extra):
+        with self.lock:
+            entry = dict(extra)
+            entry.update(chunks=[], size=0)
+            self.streams[stream] = entry
+            self.order.append(stream)
+
+    def add_chunk(self, stream, seq, data, last):
+        member = chunk_member(stream, seq, last)
+        digest = hashlib.sha256(data).hexdigest()
+        with self.lock:
+            self._add(member, data)
+            entry = self.streams[stream]
+            entry["chunks"].append({"member": member, "size": len(data), "sha256": digest})
+            entry["size"] += len(data)
+
+    def copy_stream(self, stream, source, extra, abort=None):
+        self.register(stream, extra)
+        total = hashlib.sha256()
+        seq = 0
+        data = read_full(source, CHUNK)
+        while True:
+            if abort is not None and abort.is_set():
+                raise Aborted("stopped because another worker failed")
+            following = read_full(source, CHUNK) if len(data) == CHUNK else b""
+            total.update(data)
+            self.add_chunk(stream, seq, data, last=not following)
+            if not following:
+                break
+            data = following
+            seq += 1
+        with self.lock:
+            self.streams[stream]["sha256"] = total.hexdigest()
+
+    def finish(self):
+        manifest = {"format": ARCHIVE_FORMAT, "order": self.order, "streams": self.streams}
+        data = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        with self.lock:
+            self._add(MANIFEST, data)
+            self.sink.write(tarfile.NUL * (tarfile.BLOCKSIZE * 2))
+        return manifest
+
+
+def run_dump_stream(tools, writer, stream, args, extra, abort=None):
+    """One pg_dump process streamed into the archive as it runs."""
+    with tempfile.TemporaryFile() as errors:
+        proc = tools.popen("pg_dump", args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        try:
+            writer.copy_stream(stream, proc.stdout, extra, abort)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        rc = proc.wait()
+        if rc != 0:
+            errors.seek(0)
+            raise BackupError(explain(errors.read().decode("utf-8", "replace"), "pg_dump of %s" % stream, rc, tools.container))
+
+
+def snapshot_facts(session, db):
+    """Everything the metadata records about the data, read inside the exported snapshot."""
+    session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", what="starting the snapshot transaction")
+    snapshot = session.query("SELECT pg_export_snapshot();", what="exporting the snapshot")[0][0]
+    relations = [(r[0], r[1], int(r[2])) for r in session.query(USER_RELATIONS, what="listing tables")]
+    counts = {}
+    if relations:
+        sql = "\nUNION ALL ".join(
+            "SELECT %s, count(*) FROM %s.%s" % (quote_literal(table_name(s, n)), quote_ident(s), quote_ident(n))
+            for s, n, _pages in relations
+        )
+        for name, count in session.query(sql + ";", what="counting rows"):
+            counts[name] = int(count)
+    objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting objects"))
+    props = session.query(
+        "SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, pg_get_userbyid(d.datdba), "
+        "current_setting('server_version') FROM pg_database d WHERE d.datname = %s;" % quote_literal(db),
+        what="reading database properties",
+    )[0]
+    return snapshot, relations, counts, objects, {
+        "encoding": props[0], "collate": props[1], "ctype": props[2], "owner": props[3], "server_version": props[4],
+    }
+
+
+def check_dest(dest):
+    if not os.path.isdir(dest):
+        raise BackupError("dest %s is not a directory: create it (mode 0700) or fix dest" % dest)
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise BackupError("dest %s is not writable by this user: fix its permissions or choose another dest" % dest)
+
+
+def remove_stale_partials(dest, environment):
+    """Called under the lock: a .partial nobody is writing is the remains of a killed run."""
+    removed = []
+    for path in glob.glob(os.path.join(dest, "%s_%s_*%s" % (KIND, environment, PARTIAL_SUFFIX))):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed.append(os.path.basename(path))
+    return removed
+
+
+def plan_dump(dest, environment, compression, when=None):
+    check_environment(environment)
+    name = archive_name(KIND, environment, when or utc_now(), compression)
+    path = os.path.join(dest, name)
+    return path
+
+
+def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globals=False):
+    """Write one complete backup or raise BackupError leaving nothing that looks complete."""
+    started = time.time()
+    check_environment(environment)
+    if compression not in EXTENSIONS:
+        raise BackupError("compression %r is not supported: use gzip, zstd or none" % compression)
+    check_dest(dest)
+    server_num = tools.server_version_num(db)
+    pg_dump_version = tools.check_client("pg_dump", server_num)
+    with backup_lock(dest, KIND, environment):
+        remove_stale_partials(dest, environment)
+        when = utc_now()
+        path = plan_dump(dest, environment, compression, when)
+        if os.path.exists(path):
+            raise BackupError("%s already exists: wait a second and run again" % path)
+        session = tools.session(db)
+        try:
+            snapshot, relations, counts, objects, props = snapshot_facts(session, db)
+            with AtomicFile(path) as target:
+                sink = CompressedSink(target.handle, compression)
+                try:
+                    manifest = _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, int(when.timestamp()))
+                    size, sha256 = sink.close()
+                except BaseException:
+                    sink.abort()
+                    raise
+                target.commit()
+        except OSError as exc:
+            raise BackupError("writing %s failed: %s -- free space on the destination or choose another dest" % (path, exc.strerror or exc))
+        finally:
+            session.close()
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "archive_format": ARCHIVE_FORMAT,
+            "kind": KIND,
+            "environment": environment,
+            "database": db,
+            "created_at": when.isoformat(),
+            "host": socket.gethostname(),
+            "server_version": props["server_version"],
+            "pg_dump_version": pg_dump_version,
+            "collection_version": COLLECTION_VERSION,
+            "compression": compression,
+            "archive": os.path.basename(path),
+            "size": size,
+            "sha256": sha256,
+            "members": dict((name, {"sha256": s["sha256"], "size": s["size"]}) for name, s in manifest["streams"].items()),
+            "tables": counts,
+            "objects": objects,
+            "database_properties": dict((k, props[k]) for k in ("encoding", "collate", "ctype", "owner")),
+            "container": tools.container,
+            "jobs": jobs,
+            "duration": round(time.time() - started, 3),
+        }
+        try:
+            meta_path = write_metadata(path, metadata)
+        except (OSError, BackupError) as exc:
+            # An archive without metadata is not a backup; do not leave one that might be mistaken for it.
+            os.unlink(path)
+            raise BackupError("writing the metadata of %s failed (%s): free space on the destination and run again"
+                              % (path, getattr(exc, "strerror", None) or exc))
+    return {
+        "archive": path,
+        "metadata": meta_path,
+        "size": size,
+        "sha256": sha256,
+        "duration": metadata["duration"],
+        "tables": counts,
+    }
+
+
+def _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, mtime):
+    writer = ArchiveWriter(sink, mtime)
+    base = ["--snapshot=" + snapshot, "--no-password", "-d", db]
+    run_dump_stream(tools, writer, "schema.sql", base + ["--schema-only"], {"kind": "schema"})
+    run_dump_stream(tools, writer, "pre-data.dump", base + ["-Fc", "--section=pre-data"], {"kind": "pre-data"})
+    if include_globals:
+        _dump_globals(tools, writer)
+    tasks = queue.Queue()
+    # Biggest tables first so the last worker does not start a giant alone.
+    for index, (schema, name, _pages) in enumerate(sorted(relations, key=lambda r: -r[2])):
+        tasks.put(("data/%04d.sql" % index, schema, name))
+    abort = threading.Event()
+    failures = []
+
+    def worker():
+        while not abort.is_set():
+            try:
+                stream, schema, name = tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                run_dump_stream(tools, writer, stream, base + ["--data-only", "-t", dump_pattern(schema, name)],
+                                {"kind": "table-data", "table": table_name(schema, name)}, abort)
+            except BaseException as exc:  # the first failure stops everyone; the main thread re-raises
+                failures.append(exc)
+                abort.set()
+                return
+
+    threads = [threading.Thread(target=worker) for _worker in range(max(1, min(jobs, len(relations))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise ([f for f in failures if not isinstance(f, Aborted)] or failures)[0]
+    # Not a "*.*" pattern: that would also drop the values of sequences no table owns.
+    excluded = ["--exclude-table-data=" + dump_pattern(schema, name) for schema, name, _pages in relations]
+    run_dump_stream(tools, writer, "misc-data.dump", base + ["-Fc", "--data-only"] + excluded, {"kind": "misc-data"})
+    run_dump_stream(tools, writer, "post-data.dump", base + ["-Fc", "--section=post-data"], {"kind": "post-data"})
+    return writer.finish()
+
+
+def _dump_globals(tools, writer):
+    """Small output, so run_command; non-superusers cannot read role passwords, so retry without them."""
+    args = ["--globals-only", "--no-password", "-l", tools.maintenance_db]
+    try:
+        out = tools.run("pg_dumpall", args, what="pg_dumpall --globals-only")
+    except BackupError as exc:
+        if "permission denied" not in str(exc):
+            raise
+        out = tools.run("pg_dumpall", args + ["--no-role-passwords"], what="pg_dumpall --globals-only")
+    writer.copy_stream("globals.sql", io.BytesIO(out.encode("utf-8")), {"kind": "globals"})
+
+
+# ---------------------------------------------------------------- restore
+
+
+class StreamLoader(object):
+    """One restore process fed from a bounded queue, so several tables load at once."""
+
+    def __init__(self, proc, stream, errors, container):
+        self.proc = proc
+        self.container = container
+        self.stream = stream
+        self.errors = errors
+        self.queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self.digest = hashlib.sha256()
+        self.chunks = []
+        self.next_seq = 0
+        self.ended = False
+        self.thread = threading.Thread(target=self._feed)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _feed(self):
+        broken = False
+        while True:
+            data = self.queue.get()
+            if data is None:
+                break
+            if not broken:
+                try:
+                    self.proc.stdin.write(data)
+                except OSError:
+                    broken = True  # the process died; wait() reports its own error
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+
+    def put(self, seq, data, member):
+        if seq != self.next_seq:
+            raise BackupError("archive member %s is out of order (expected part %d): the archive is damaged" % (member, self.next_seq))
+        self.next_seq += 1
+        self.digest.update(data)
+        self.chunks.append({"member": member, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        self.queue.put(data)
+
+    def end(self):
+        self.ended = True
+        self.queue.put(None)
+
+    def wait(self):
+        self.thread.join()
+        rc = self.proc.wait()
+        self.errors.seek(0)
+        text = self.errors.read().decode("utf-8", "replace")
+        self.errors.close()
+        if rc != 0:
+            raise BackupError(explain(text, "restoring %s" % self.stream, rc, self.container))
+
+    def kill(self):
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.queue.get_nowait()
+            with contextlib.suppress(queue.Full):
+                self.queue.put_nowait(None)
+            self.thread.join(0.1)
+        self.proc.wait()
+
+
+def _loader_for(tools, stream, dbname, jobs):
+    errors = tempfile.TemporaryFile()
+    if stream.startswith("data/") or stream in ("schema.sql", "globals.sql"):
+        if stream.startswith("data/"):
+            proc = tools.popen("psql", ["-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "--no-password", "-d", dbname],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+        else:
+            # Kept for people, not replayed: hash it and throw it away.
+            proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+    elif stream == "post-data.dump":
+        proc = tools.popen("pg_restore", ["--exit-on-error", "--no-password", "-j", str(max(1, jobs)), "-d", dbname],
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors, spool_stdin=True)
+    elif stream in ("pre-data.dump", "misc-data.dump"):
+        # pg_restore counts large objects (definition, ACL, comment) as data: create them once, from misc-data.
+        section = ["--data-only"] if stream == "misc-data.dump" else ["--schema-only"]
+        proc = tools.popen("pg_restore", ["--exit-on-error", "--no-password"] + section + ["-d", dbname],
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+    else:
+        errors.close()
+        raise BackupError("archive holds an unknown stream %r: it is not a pg_split_dump backup" % stream)
+    return StreamLoader(proc, stream, errors, tools.container)
+
+
+def restore_archive(tools, backup_path, dbname, jobs):
+    """Stream the archive into an existing empty database, then check the manifest."""
+    name = os.path.basename(backup_path)
+    command = decompressor_command(compression_of(name))
+    source = open(backup_path, "rb")
+    decompressor = None
+    active = {}
+    finished = {}
+    try:
+        reader = source
+        if command is not None:
+            decompressor = subprocess.Popen(command, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            reader = decompressor.stdout
+        try:
+            manifest = _read_members(tools, reader, dbname, jobs, active, finished, name)
+        except (tarfile.TarError, EOFError, ValueError, UnicodeDecodeError) as exc:
+            raise BackupError("archive %s is truncated or damaged (%s): use another backup" % (name, exc))
+        _check_manifest(manifest, finished, name)
+        return manifest
+    except BaseException:
+        for loader in active.values():
+            loader.kill()
+        raise
+    finally:
+        if decompressor is not None:
+            with contextlib.suppress(OSError):
+                decompressor.kill()
+            decompressor.wait()
+        source.close()
+
+
+def _read_members(tools, reader, dbname, jobs, active, finished, name):
+    """Dispatch each chunk to its stream's loader; table data streams run concurrently, the rest in order."""
+    in_data = False
+    tar = tarfile.open(fileobj=reader, mode="r|")
+    for member in tar:
+        if not member.isfile():
+            raise BackupError("archive member %s is not a regular file: %s is not a pg_split_dump backup" % (member.name, name))
+        data = tar.extractfile(member).read()
+        if member.name == MANIFEST:
+            _finish_data(active, finished)
+            return json.loads(data.decode("utf-8"))
+        parsed = parse_member(member.name)
+        if parsed is None:
+            raise BackupError("archive member %s is not ours: %s is not a pg_split_dump backup" % (member.name, name))
+        stream, seq, last = parsed
+        is_data = stream.startswith("data/")
+        if in_data and not is_data:
+            _finish_data(active, finished)
+        in_data = is_data
+        loader = active.get(stream)
+        if loader is None:
+            if stream in finished:
+                raise BackupError("archive stream %s appears twice: the archive is damaged" % stream)
+            if not finished and not active and stream != "schema.sql":
+                raise BackupError("archive does not start with schema.sql: %s is not a pg_split_dump backup" % name)
+            loader = active[stream] = _loader_for(tools, stream, dbname, jobs)
+        loader.put(seq, data, member.name)
+        if last:
+            loader.end()
+            if not is_data:
+                finished[stream] = active.pop(stream)
+                loader.wait()
+    raise BackupError("archive %s has no manifest (truncated?): use another backup" % name)
+
+
+def _finish_data(active, finished):
+    for stream in list(active):
+        loader = active[stream]
+        if not loader.ended:
+            raise BackupError("archive stream %s ends without its last part: the archive is damaged" % stream)
+        finished[stream] = active.pop(stream)
+        loader.wait()
+
+
+def _check_manifest(manifest, finished, name):
+    if manifest.get("format") != ARCHIVE_FORMAT:
+        raise BackupError("%s has manifest format %r, not %s" % (name, manifest.get("format"), ARCHIVE_FORMAT))
+    if sorted(finished) != sorted(manifest.get("streams", {})):
+        raise BackupError("archive streams of %s do not match its manifest: the archive is damaged" % name)
+    for stream, entry in manifest["streams"].items():
+        loader = finished[stream]
+        if loader.chunks != entry.get("chunks") or loader.digest.hexdigest() != entry.get("sha256"):
+            raise BackupError("archive stream %s does not match its manifest checksum: the archive is damaged" % stream)
+
+
+def database_exists(tools, name):
+    rows = tools.psql(tools.maintenance_db, "SELECT 1 FROM pg_database WHERE datname = %s;" % quote_literal(name),
+                      what="connecting to PostgreSQL")
+    return bool(rows)
+
+
+def check_privileges(tools):
+    rows = tools.psql(tools.maintenance_db, "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = current_user;",
+                      what="connecting to PostgreSQL")
+    if not rows or rows[0][0] != "t":
+        raise BackupError("login_user may not create databases: use a superuser or a role with CREATEDB")
+
+
+def create_database(tools, name, props):
+    owner = props.get("owner")
+    if owner and not tools.psql(tools.maintenance_db, "SELECT 1 FROM pg_roles WHERE rolname = %s;" % quote_literal(owner)):
+        owner = None
+    sql = "CREATE DATABASE %s TEMPLATE template0" % quote_ident(name)
+    if props.get("encoding"):
+        sql += " ENCODING %s LC_COLLATE %s LC_CTYPE %s" % (
+            quote_literal(props["encoding"]), quote_literal(props["collate"]), quote_literal(props["ctype"]))
+    if owner:
+        sql += " OWNER %s" % quote_ident(owner)
+    tools.psql(tools.maintenance_db, sql + ";", what="creating database %s" % name)
+
+
+def drop_database(tools, name):
+    tools.psql(tools.maintenance_db, "DROP DATABASE IF EXISTS %s WITH (FORCE);" % quote_ident(name),
+               what="dropping database %s" % name)
+
+
+def compare_contents(tools, dbname, metadata):
+    """Per-table rows and object counts of dbname vs the metadata; returns (per-table results, problems)."""
+    session = tools.session(dbname)
+    try:
+        session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
+        relations = session.query(USER_RELATIONS, what="listing restored tables")
+        actual = {}
+        if relations:
+            sql = "\nUNION ALL ".join(
+                "SELECT %s, count(*) FROM %s.%s" % (quote_literal(table_name(r[0], r[1])), quote_ident(r[0]), quote_ident(r[1]))
+                for r in relations
+            )
+            actual = dict((k, int(v)) for k, v in session.query(sql + ";", what="counting restored rows"))
+        objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting restored objects"))
+        session.query("COMMIT;")
+    finally:
+        session.close()
+    expected = metadata.get("tables", {})
+    results = {}
+    problems = []
+    for name in sorted(set(expected) | set(actual)):
+        exp = expected.get(name)
+        got = actual.get(name)
+        results[name] = {"expected": exp, "restored": got, "ok": exp == got}
+        if exp != got:
+            problems.append("table %s has %s rows, metadata says %s" % (name, got, exp))
+    for name, exp in sorted(metadata.get("objects", {}).items()):
+        if objects.get(name) != exp:
+            problems.append("%s: %s restored, metadata says %s" % (name, objects.get(name), exp))
+    return results, problems
+
+
+def load_backup(src, dest, environment):
+    """Resolve and checksum-verify the archive before anything is touched."""
+    if src != "latest" and not os.path.isabs(src) and dest:
+        src = os.path.join(dest, src)
+    if src == "latest" and not dest:
+        raise BackupError("src=latest needs dest (the backup directory) to look in")
+    backup = resolve_source(src, dest or os.path.dirname(src), KIND, environment)
+    meta = backup.metadata
+    if meta.get("archive_format") != ARCHIVE_FORMAT or meta.get("kind") != KIND:
+        raise BackupError("%s was not written by pg_split_dump (archive_format %r): restore it by hand" % (backup.name, meta.get("archive_format")))
+    return backup
+
+
+def suffix_name(db, label, when):
+    return "%s_%s_%s" % (db[:63 - len(label) - 17], label, when.strftime("%Y%m%d_%H%M%S"))
+
+
+def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2, keep_previous=True, check_mode=False):
+    started = time.time()
+    backup = load_backup(src, dest, environment)
+    check_privileges(tools)
+    server_num = tools.server_version_num(tools.maintenance_db)
+    tools.check_client("pg_restore", server_num)
+    live_exists = database_exists(tools, db)
+    when = utc_now()
+    result = {"src": backup.path, "strategy": strategy, "database": db, "previous": None, "tables": {}}
+    if check_mode:
+        result["msg"] = "would restore %s into %s (strategy %s)" % (backup.name, db, strategy)
+        return result
+    props = backup.metadata.get("database_properties", {})
+    if strategy == "drop":
+        if live_exists:
+            drop_database(tools, db)
+        create_database(tools, db, props)
+        restore_archive(tools, backup.path, db, jobs)
+        tools.psql(db, "ANALYZE;", what="analyzing %s" % db)
+        result["tables"], problems = compare_contents(tools, db, backup.metadata)
+        if problems:
+            raise BackupError("restored %s does not match the backup: %s" % (db, "; ".join(problems[:3])))
+        result["duration"] = round(time.time() - started, 3)
+        return result
+    temp = suffix_name(db, "restoring", when)
+    create_database(tools, temp, props)
+    try:
+        restore_archive(tools, backup.path, temp, jobs)
+        tools.psql(temp, "ANALYZE;", what="analyzing %s" % temp)
+        result["tables"], problems = compare_contents(tools, temp, backup.metadata)
+        if problems:
+            raise BackupError("restored copy does not match the backup, live database untouched: %s" % "; ".join(problems[:3]))
+        result["restore_duration"] = round(time.time() - started, 3)
+        if live_exists:
+            previous = suffix_name(db, "pre_restore", when)
+            swap(tools, db, temp, previous)
+            result["previous"] = previous
+        else:
+            tools.psql(tools.maintenance_db, "ALTER DATABASE %s RENAME TO %s;" % (quote_ident(temp), quote_ident(db)),
+                       what="renaming %s to %s" % (temp, db))
+    except BaseException:
+        with contextlib.suppress(BackupError):
+            drop_database(tools, temp)
+        raise
+    if result["previous"] and not keep_previous:
+        drop_database(tools, result["previous"])
+        result["previous_dropped"] = True
+    result["duration"] = round(time.time() - started, 3)
+    return result
+
+
+def swap(tools, db, temp, previous):
+    """Rename live -> previous, temp -> live; undo the first rename if the second fails."""
+    live_q, temp_q, prev_q = quote_ident(db), quote_ident(temp), quote_ident(previous)
+    tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS false;" % live_q, what="closing %s to new clients" % db)
+    try:
+        last_error = None
+        for _attempt in range(20):
+            try:
+                tools.psql(tools.maintenance_db,
+                           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid();\n"
+                           "ALTER DATABASE %s RENAME TO %s;" % (quote_literal(db), live_q, prev_q),
+                           what="renaming %s to %s" % (db, previous))
+                break
+            except BackupError as exc:
+                last_error = exc
+                if "being accessed by other users" not in str(exc):
+                    raise
+                time.sleep(0.25)
+        else:
+            raise last_error
+    except BaseException:
+        with contextlib.suppress(BackupError):
+            tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true;" % live_q)
+        raise
+    try:
+        tools.psql(tools.maintenance_db, "ALTER DATABASE %s RENAME TO %s;" % (temp_q, live_q), what="renaming %s to %s" % (temp, db))
+    except BaseException:
+        with contextlib.suppress(BackupError):
+            tools.psql(tools.maintenance_db, "ALTER DATABASE %s RENAME TO %s;" % (prev_q, live_q))
+            tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true;" % live_q)
+        raise
+    tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true;" % prev_q, what="reopening %s" % previous)
+
+
+def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None, critical_tables=None, queries=None):
+    """Checksums, full restore into a scratch database (always dropped), row counts, critical tables, queries."""
+    started = time.time()
+    backup = load_backup(src, dest, environment)
+    check_privileges(tools)
+    tools.check_client("pg_restore", tools.server_version_num(tools.maintenance_db))
+    scratch = scratch_db or suffix_name(db, "verify", utc_now())
+    if database_exists(tools, scratch):
+        raise BackupError("scratch database %s already exists: choose another scratch_db or drop it" % scratch)
+    problems = []
+    checks = []
+    create_database(tools, scratch, backup.metadata.get("database_properties", {}))
+    try:
+        restore_archive(tools, backup.path, scratch, jobs)
+        tables, problems = compare_contents(tools, scratch, backup.metadata)
+        for name, minimum in sorted((critical_tables or {}).items()):
+            got = tables.get(name if "." in name else "public." + name, {}).get("restored")
+            ok = got is not None and got >= int(minimum)
+            checks.append({"check": "critical table %s >= %s rows" % (name, minimum), "ok": ok, "value": got})
+            if not ok:
+                problems.append("critical table %s has %s rows, needs at least %s" % (name, got, minimum))
+        for sql in queries or []:
+            try:
+                rows = tools.psql(scratch, sql.rstrip().rstrip(";") + ";", what="query")
+                value = rows[0][0] if rows and rows[0] else None
+            except BackupError as exc:
+                value = str(exc)
+            ok = value == "t"
+            checks.append({"check": sql, "ok": ok, "value": value})
+            if not ok:
+                problems.append("query %r returned %r, not true" % (sql, value))
+    finally:
+        drop_database(tools, scratch)
+    result = {"src": backup.path, "scratch_db": scratch, "tables": tables, "checks": checks, "problems": problems,
+              "duration": round(time.time() - started, 3)}
+    if problems:
+        raise VerifyFailed("backup %s failed verification: %s" % (backup.name, "; ".join(problems[:3])), result)
+    return result
+
+
+class VerifyFailed(BackupError):
+    def __init__(self, message, result):
+        BackupError.__init__(self, message)
+        self.result = result

@@ -1,0 +1,246 @@
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How the collection runs PostgreSQL client tools: natively or inside a container.
+
+Connection settings travel in the child environment (``PGHOST``, ``PGPASSWORD``...),
+never in argv.  In container mode ``docker exec -e VAR`` is given names only, so the
+docker client copies each value from its own environment into the container.
+"""
+
+import os
+import posixpath
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+
+SENTINEL = "__minimarket_backup_done__"
+FIELD_SEP = "\x1f"
+
+# Spool stdin to a temp file first: pg_restore -j needs a seekable archive.
+SPOOL_SCRIPT = 'f=$(mktemp) || exit 70; trap \'rm -f "$f"\' EXIT; cat >"$f" || exit 71; "$@" "$f"'
+
+
+def postgres_common_argument_spec():
+    return dict(
+        login_user=dict(type="str", default="postgres"),
+        login_password=dict(type="str", default="", no_log=True),
+        login_host=dict(type="str", default=""),
+        login_port=dict(type="int", default=5432),
+        login_unix_socket=dict(type="str", default=""),
+        maintenance_db=dict(type="str", default="postgres"),
+        container=dict(type="str"),
+        bin_dir=dict(type="path"),
+    )
+
+
+def quote_ident(name):
+    return '"%s"' % name.replace('"', '""')
+
+
+def quote_literal(value):
+    return "'%s'" % value.replace("'", "''")
+
+
+def dump_pattern(schema, name):
+    """A pg_dump -t pattern matching exactly one relation (quotes make * ? . literal)."""
+    return "%s.%s" % (quote_ident(schema), quote_ident(name))
+
+
+def major_of(version_text):
+    match = re.search(r"(\d+)(?:\.(\d+))?", version_text or "")
+    if not match:
+        return None
+    return int(match.group(1))
+
+
+def explain(stderr, what, rc=None, container=None):
+    """Reduce a client tool's stderr to one line, with the fix when we recognise the cause."""
+    lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
+    if not lines and container:
+        return ("%s failed: exit status %s and no message: did container %s stop? check 'docker ps' and 'docker logs %s'"
+                % (what, rc, container, container))
+    if not lines:
+        return "%s failed: exit status %s and no message (killed?)" % (what, rc)
+    interesting = [line for line in lines if re.search(r"error|fatal|could not|failed", line, re.I)]
+    text = " ".join((interesting or lines)[:2])
+    text = re.sub(r"\s+", " ", text)
+    hints = [
+        (r"password authentication failed|no password supplied|authentication failed", "check login_user/login_password"),
+        (r"database \".*\" does not exist", "check the db name (or create the database)"),
+        (r"Connection refused|No such file or directory.*socket|could not connect|server closed the connection|"
+         r"terminating connection|connection to server .* failed", "is the PostgreSQL server running? check login_host/login_port"),
+        (r"No such container|is not running", "check the container name with 'docker ps'"),
+        (r"permission denied", "use a login_user with enough privileges (superuser or owner)"),
+        (r"No space left on device", "free space on the destination or choose another dest"),
+    ]
+    for pattern, hint in hints:
+        if re.search(pattern, text, re.I):
+            return "%s failed: %s -- %s" % (what, text, hint)
+    return "%s failed: %s" % (what, text)
+
+
+def subprocess_runner(args, data=None, environ_update=None, binary_data=False):
+    """The AnsibleModule.run_command subset we use, for callers outside Ansible (tests, benchmarks)."""
+    del binary_data
+    env = dict(os.environ)
+    env.update(environ_update or {})
+    proc = subprocess.run(args, input=data.encode("utf-8") if isinstance(data, str) else data,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, check=False)
+    return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+
+
+class PgTools(object):
+    """Builds argv + environment for psql/pg_dump/pg_restore in native or container mode."""
+
+    def __init__(self, params, run_command=None):
+        self.container = params.get("container") or None
+        self.bin_dir = params.get("bin_dir") or None
+        self.maintenance_db = params.get("maintenance_db") or "postgres"
+        self.run_command = run_command or subprocess_runner
+        self.conn_env = {}
+        host = params.get("login_unix_socket") or params.get("login_host") or ""
+        if host:
+            self.conn_env["PGHOST"] = host
+        if params.get("login_port"):
+            self.conn_env["PGPORT"] = str(params["login_port"])
+        if params.get("login_user"):
+            self.conn_env["PGUSER"] = params["login_user"]
+        if params.get("login_password"):
+            self.conn_env["PGPASSWORD"] = params["login_password"]
+
+    def environ_update(self):
+        env = dict(self.conn_env)
+        env["PGCONNECT_TIMEOUT"] = "10"
+        env["PGAPPNAME"] = "minimarket.backup"
+        return env
+
+    def env(self):
+        """Like run_command's environ_update: our settings win, unset ones fall back to libpq's usual sources."""
+        env = dict(os.environ)
+        env.update(self.environ_update())
+        return env
+
+    def _tool_path(self, tool):
+        if self.bin_dir:
+            path = os.path.join(self.bin_dir, tool)
+            if not os.access(path, os.X_OK):
+                raise BackupError("%s not found in bin_dir %s: install the PostgreSQL client there or fix bin_dir" % (tool, self.bin_dir))
+            return path
+        path = shutil.which(tool)
+        if path is None:
+            raise BackupError(
+                "%s not found on PATH: install the PostgreSQL client, set bin_dir, or use container mode (container: <postgres container>)" % tool
+            )
+        return path
+
+    def argv(self, tool, args, spool_stdin=False):
+        names = sorted(self.environ_update())
+        if self.container:
+            docker = shutil.which("docker")
+            if docker is None:
+                raise BackupError("container mode needs the docker CLI on PATH: install docker or drop the container option")
+            prefix = [docker, "exec", "-i"]
+            for name in names:
+                prefix += ["-e", name]
+            prefix.append(self.container)
+            command = [posixpath.join(self.bin_dir, tool) if self.bin_dir else tool]
+        else:
+            prefix = []
+            command = [self._tool_path(tool)]
+        if spool_stdin:
+            command = ["sh", "-c", SPOOL_SCRIPT, "sh"] + command
+        return prefix + command + list(args)
+
+    def run(self, tool, args, data=None, what=None):
+        """Short commands go through run_command; raises BackupError with a one-line reason."""
+        argv = self.argv(tool, args)
+        rc, out, err = self.run_command(argv, data=data, environ_update=self.environ_update(), binary_data=True)
+        if rc != 0:
+            raise BackupError(explain(err or out, what or tool, rc, self.container))
+        return out
+
+    def psql(self, dbname, sql, what="psql"):
+        """Rows of one SQL script's output (unaligned, tuples only)."""
+        out = self.run("psql", ["-X", "-q", "-w", "-A", "-t", "-F", FIELD_SEP, "-v", "ON_ERROR_STOP=1", "-d", dbname], data=sql, what=what)
+        return [line.split(FIELD_SEP) for line in out.splitlines() if line != ""]
+
+    def popen(self, tool, args, stdin=None, stdout=None, stderr=None, spool_stdin=False):
+        """Streaming needs Popen: data flows through the process while we read or write it."""
+        return subprocess.Popen(self.argv(tool, args, spool_stdin=spool_stdin), stdin=stdin, stdout=stdout,
+                                stderr=stderr, env=self.env())
+
+    def server_version_num(self, dbname):
+        return int(self.psql(dbname, "SHOW server_version_num;", what="connecting to PostgreSQL")[0][0])
+
+    def tool_version(self, tool):
+        return self.run(tool, ["--version"]).strip()
+
+    def check_client(self, tool, server_num):
+        """pg_dump refuses newer servers anyway, but a clear message beats its error."""
+        text = self.tool_version(tool)
+        client = major_of(text.split("(PostgreSQL)", 1)[-1])
+        server = server_num // 10000
+        if self.container is None and client is not None and client < server:
+            raise BackupError(
+                "%s is version %s but the server is PostgreSQL %d: install a PostgreSQL %d client and set bin_dir, "
+                "or use container mode (container: <postgres container>)" % (tool, client, server, server)
+            )
+        return text
+
+    def session(self, dbname):
+        return PsqlSession(self, dbname)
+
+
+class PsqlSession(object):
+    """A long-lived psql coprocess: the exported snapshot lives only while its transaction stays open.
+
+    Popen (not run_command) because the session must outlive many queries and
+    the pg_dump processes that attach to its snapshot.
+    """
+
+    def __init__(self, tools, dbname):
+        self._stderr = tempfile.TemporaryFile()
+        self._lock = threading.Lock()
+        self.container = tools.container
+        self.proc = tools.popen("psql", ["-X", "-q", "-w", "-A", "-t", "-F", FIELD_SEP, "-v", "ON_ERROR_STOP=1", "-d", dbname],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        self.query("SELECT 1;", what="connecting to database %r" % dbname)
+
+    def _error_text(self):
+        self._stderr.seek(0)
+        return self._stderr.read().decode("utf-8", "replace")
+
+    def query(self, sql, what="query"):
+        with self._lock:
+            try:
+                self.proc.stdin.write((sql.rstrip() + "\n\\echo " + SENTINEL + "\n").encode("utf-8"))
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                raise BackupError(explain(self._error_text(), what, self.proc.wait(), self.container))
+            rows = []
+            while True:
+                line = self.proc.stdout.readline()
+                if not line:
+                    raise BackupError(explain(self._error_text(), what, self.proc.wait(), self.container))
+                text = line.decode("utf-8").rstrip("\n")
+                if text == SENTINEL:
+                    return rows
+                if text != "":
+                    rows.append(text.split(FIELD_SEP))
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()

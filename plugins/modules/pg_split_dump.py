@@ -1,0 +1,320 @@
+#!/usr/bin/python
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: pg_split_dump
+short_description: Consistent split dump, safe restore and verification of a PostgreSQL database
+version_added: 0.1.0
+description:
+  - O(state=dump) writes C(<dest>/database_<environment>_<YYYYMMDD_HHMMSS>.tar.gz) (C(.tar.zst), C(.tar)) and
+    C(<same stem>_metadata.json). Schema, data and the per-table row counts in the metadata all come from one exported
+    snapshot. The archive holds C(schema.sql) (readable), the pre-data and post-data sections in custom format, one
+    data stream per table, the remaining data (sequence values, large objects) and a manifest with every member's sha256.
+  - The archive is streamed through the compressor into a C(.partial) file, fsynced and renamed; the metadata is written
+    last. A failure leaves no file that looks complete. One dump per O(dest) and O(environment) at a time.
+  - O(state=restore) checks the archive (ours, sha256 equals the metadata) and the server before touching anything.
+    With O(strategy=swap) it restores into a temporary database, loads table data in parallel before indexes,
+    constraints and triggers exist, compares every table's row count and the object counts with the metadata, and only
+    then renames the live database to C(<db>_pre_restore_<timestamp>) and the restored one into place. Any failure before
+    the rename drops the temporary database and leaves the live one untouched.
+  - O(state=verify) checks the checksums, restores into a scratch database that is always dropped, compares row counts,
+    and checks O(critical_tables) and O(queries).
+author:
+  - Mini Market operations (!UNKNOWN)
+extends_documentation_fragment:
+  - minimarket.backup.postgres
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details:
+      - O(state=dump) and O(state=restore) check the server and the archive and report what they would do.
+      - O(state=verify) only checks the archive's checksum in check mode.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+    support: none
+    details:
+      - Every O(state=dump) writes a new backup and every O(state=restore) restores again.
+options:
+  state:
+    description:
+      - V(dump) writes a backup, V(restore) restores one, V(verify) proves one can be restored.
+    type: str
+    choices: [dump, restore, verify]
+    default: dump
+  db:
+    description:
+      - The database to dump, or to restore into (it is created if missing).
+    type: str
+    required: true
+  dest:
+    description:
+      - Backup directory. Required for O(state=dump) and for O(src=latest).
+    type: path
+  environment:
+    description:
+      - Environment name written into the file name (letters, digits and C(-)); used by O(src=latest) to pick backups.
+    type: str
+    default: production
+  compression:
+    description:
+      - Compression of the outer archive. C(gzip) uses C(pigz) when installed, C(zstd) runs C(zstd -T0).
+    type: str
+    choices: [gzip, zstd, none]
+    default: gzip
+  jobs:
+    description:
+      - Parallel workers. Dump runs that many C(pg_dump) processes for table data; restore builds indexes and
+        constraints with C(pg_restore -j).
+    type: int
+    default: 2
+  include_globals:
+    description:
+      - Also store roles and tablespaces (C(pg_dumpall --globals-only)) as C(globals.sql) in the archive. Role passwords
+        are left out when O(login_user) may not read them. C(globals.sql) is kept for a rebuild by hand; restore does not
+        replay it.
+    type: bool
+    default: false
+  src:
+    description:
+      - The archive to restore or verify, or V(latest) for the newest complete backup of O(environment) in O(dest).
+      - Required for O(state=restore) and O(state=verify).
+    type: str
+  strategy:
+    description:
+      - V(swap) restores next to the live database and swaps names only after the copy is verified.
+      - V(drop) drops the live database first, then restores (needs no room for two copies, but a failed restore leaves
+        no database). Use it only on purpose.
+    type: str
+    choices: [swap, drop]
+    default: swap
+  keep_previous:
+    description:
+      - With O(strategy=swap), keep the replaced database as C(<db>_pre_restore_<timestamp>); V(false) drops it.
+    type: bool
+    default: true
+  scratch_db:
+    description:
+      - Name of the throwaway database for O(state=verify). It must not exist; it is always dropped afterwards.
+      - Default is C(<db>_verify_<timestamp>).
+    type: str
+  critical_tables:
+    description:
+      - For O(state=verify), tables (C(schema.table), or C(table) in C(public)) and the minimum number of rows each must have.
+    type: dict
+  queries:
+    description:
+      - For O(state=verify), SQL queries run in the scratch database that must each return true.
+    type: list
+    elements: str
+notes:
+  - The format and its measured costs are explained in the collection's C(docs/modules/pg_split_dump.md).
+  - Database-level settings (C(ALTER DATABASE ... SET), database grants and comments) are not part of the archive.
+seealso:
+  - name: pg_dump
+    description: PostgreSQL's dump tool, used for every stream of the archive.
+    link: https://www.postgresql.org/docs/15/app-pgdump.html
+"""
+
+EXAMPLES = r"""
+- name: Dump the production database
+  minimarket.backup.pg_split_dump:
+    state: dump
+    db: minimarket
+    login_host: 127.0.0.1
+    login_password: "{{ vault_pg_password }}"
+    dest: /var/backups/minimarket/database
+    environment: production
+    compression: zstd
+
+- name: Dump through the postgres container (no client on the host)
+  minimarket.backup.pg_split_dump:
+    db: minimarket
+    container: inventario-retail_postgres_1
+    login_password: "{{ vault_pg_password }}"
+    dest: /var/backups/minimarket/database
+    environment: production
+
+- name: Restore the newest complete backup, keeping the replaced database
+  minimarket.backup.pg_split_dump:
+    state: restore
+    db: minimarket
+    container: inventario-retail_postgres_1
+    dest: /var/backups/minimarket/database
+    environment: production
+    src: latest
+
+- name: Prove last night's backup can be restored
+  minimarket.backup.pg_split_dump:
+    state: verify
+    db: minimarket
+    dest: /var/backups/minimarket/database
+    environment: production
+    src: latest
+    critical_tables:
+      productos: 1
+      ventas: 1
+    queries:
+      - SELECT count(*) > 0 FROM categorias
+"""
+
+RETURN = r"""
+archive:
+  description: Path of the written archive.
+  returned: state=dump
+  type: str
+  sample: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
+metadata:
+  description: Path of the metadata file.
+  returned: state=dump
+  type: str
+  sample: /var/backups/minimarket/database/database_production_20251007_120000_metadata.json
+size:
+  description: Archive size in bytes.
+  returned: state=dump and not check mode
+  type: int
+  sample: 1048576
+sha256:
+  description: sha256 of the archive.
+  returned: state=dump and not check mode
+  type: str
+  sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+duration:
+  description: Seconds the whole operation took.
+  returned: success and not check mode
+  type: float
+  sample: 12.5
+tables:
+  description:
+    - For O(state=dump), each table's exact row count in the snapshot.
+    - For O(state=restore) and O(state=verify), per table the expected and restored row counts and whether they match.
+  returned: success and not check mode
+  type: dict
+  sample: {"public.productos": {"expected": 2000, "restored": 2000, "ok": true}}
+src:
+  description: The archive that was restored or verified.
+  returned: state=restore or state=verify
+  type: str
+  sample: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
+previous:
+  description: Name of the replaced database kept (or dropped, see RV(previous_dropped)) by O(strategy=swap).
+  returned: state=restore
+  type: str
+  sample: minimarket_pre_restore_20251008_031500
+previous_dropped:
+  description: Whether the replaced database was dropped because O(keep_previous=false).
+  returned: state=restore and keep_previous=false and a database was replaced
+  type: bool
+  sample: true
+restore_duration:
+  description: Seconds spent restoring and checking the temporary copy, before the swap.
+  returned: state=restore and strategy=swap and not check mode
+  type: float
+  sample: 10.1
+scratch_db:
+  description: The scratch database used (and dropped) by O(state=verify).
+  returned: state=verify and not check mode
+  type: str
+  sample: minimarket_verify_20251008_031500
+checks:
+  description: Result of each O(critical_tables) and O(queries) check.
+  returned: state=verify and not check mode
+  type: list
+  elements: dict
+  sample: [{"check": "critical table productos >= 1 rows", "ok": true, "value": 2000}]
+problems:
+  description: What did not hold during O(state=verify) (empty on success).
+  returned: state=verify and not check mode
+  type: list
+  elements: str
+  sample: []
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import (
+    VerifyFailed,
+    check_dest,
+    dump,
+    load_backup,
+    plan_dump,
+    restore,
+    verify,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._postgres import PgTools, postgres_common_argument_spec
+
+
+def run(module, tools):
+    params = module.params
+    state = params["state"]
+    if state == "dump":
+        if module.check_mode:
+            check_dest(params["dest"])
+            tools.check_client("pg_dump", tools.server_version_num(params["db"]))
+            path = plan_dump(params["dest"], params["environment"], params["compression"])
+            return dict(changed=True, archive=path, metadata=path[: path.rindex(".tar")] + "_metadata.json",
+                        msg="would write %s" % path)
+        result = dump(tools, params["db"], params["dest"], params["environment"], params["compression"],
+                      params["jobs"], params["include_globals"])
+        return dict(changed=True, **result)
+    if state == "restore":
+        result = restore(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
+                         strategy=params["strategy"], jobs=params["jobs"], keep_previous=params["keep_previous"],
+                         check_mode=module.check_mode)
+        return dict(changed=True, **result)
+    if module.check_mode:
+        backup = load_backup(params["src"], params["dest"], params["environment"])
+        return dict(changed=False, src=backup.path, msg="checksum of %s verified; contents not restored in check mode" % backup.name)
+    result = verify(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
+                    jobs=params["jobs"], scratch_db=params["scratch_db"], critical_tables=params["critical_tables"],
+                    queries=params["queries"])
+    return dict(changed=False, **result)
+
+
+def main():
+    argument_spec = postgres_common_argument_spec()
+    argument_spec.update(
+        state=dict(type="str", default="dump", choices=["dump", "restore", "verify"]),
+        db=dict(type="str", required=True),
+        dest=dict(type="path"),
+        environment=dict(type="str", default="production"),
+        compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "none"]),
+        jobs=dict(type="int", default=2),
+        include_globals=dict(type="bool", default=False),
+        src=dict(type="str"),
+        strategy=dict(type="str", default="swap", choices=["swap", "drop"]),
+        keep_previous=dict(type="bool", default=True),
+        scratch_db=dict(type="str"),
+        critical_tables=dict(type="dict"),
+        queries=dict(type="list", elements="str"),
+    )
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+        required_if=[
+            ("state", "dump", ("dest",)),
+            ("state", "restore", ("src",)),
+            ("state", "verify", ("src",)),
+        ],
+    )
+    if module.params["jobs"] < 1:
+        module.fail_json(msg="jobs must be at least 1")
+    tools = PgTools(module.params, run_command=module.run_command)
+    try:
+        result = run(module, tools)
+    except VerifyFailed as exc:
+        module.fail_json(msg=str(exc), **exc.result)
+    except BackupError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

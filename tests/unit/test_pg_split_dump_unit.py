@@ -1,0 +1,227 @@
+"""Pure logic of pg_split_dump: archive layout, argv/env construction, error lines, version checks."""
+import errno
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from ansible_collections.minimarket.backup.plugins.module_utils import _pg_split_dump as psd
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, CompressedSink, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._postgres import (
+    PgTools,
+    SPOOL_SCRIPT,
+    dump_pattern,
+    explain,
+    major_of,
+    subprocess_runner,
+)
+
+PARAMS = dict(login_host="db.example", login_port=5433, login_user="backup", login_password="s3cret-pw",
+              login_unix_socket="", maintenance_db="postgres", container=None, bin_dir=None)
+
+
+def test_member_names_round_trip():
+    assert psd.chunk_member("data/0001.sql", 3, False) == "data/0001.sql.part00003"
+    assert psd.parse_member("data/0001.sql.part00003") == ("data/0001.sql", 3, False)
+    assert psd.parse_member(psd.chunk_member("pre-data.dump", 0, True)) == ("pre-data.dump", 0, True)
+    assert psd.parse_member("manifest.json") is None
+    assert psd.parse_member("evil.partX") is None
+
+
+def test_dump_pattern_quotes_everything():
+    assert dump_pattern('almacén', 'raro."tabla*') == '"almacén"."raro.""tabla*"'
+
+
+def test_archive_writer_chunks_streams_and_manifest(monkeypatch):
+    monkeypatch.setattr(psd, "CHUNK", 10)
+    out = io.BytesIO()
+    writer = psd.ArchiveWriter(out, 1700000000)
+    writer.copy_stream("schema.sql", io.BytesIO(b"x" * 25), {"kind": "schema"})
+    writer.copy_stream("data/0000.sql", io.BytesIO(b""), {"kind": "table-data", "table": "public.t"})
+    writer.copy_stream("post-data.dump", io.BytesIO(b"y" * 20), {"kind": "post-data"})
+    manifest = writer.finish()
+    out.seek(0)
+    with tarfile.open(fileobj=out, mode="r:") as tar:
+        names = tar.getnames()
+        stored = json.loads(tar.extractfile("manifest.json").read())
+        modes = set(m.mode for m in tar.getmembers())
+    assert names == ["schema.sql.part00000", "schema.sql.part00001", "schema.sql.part00002.last",
+                     "data/0000.sql.part00000.last", "post-data.dump.part00000", "post-data.dump.part00001.last",
+                     "manifest.json"]
+    assert modes == {0o600}
+    assert stored == manifest and stored["format"] == psd.ARCHIVE_FORMAT
+    assert stored["order"] == ["schema.sql", "data/0000.sql", "post-data.dump"]
+    assert stored["streams"]["schema.sql"]["sha256"] == hashlib.sha256(b"x" * 25).hexdigest()
+    assert [c["size"] for c in stored["streams"]["schema.sql"]["chunks"]] == [10, 10, 5]
+    assert stored["streams"]["data/0000.sql"]["table"] == "public.t"
+
+
+def test_native_argv_and_env_keep_password_out_of_argv(tmp_path):
+    for tool in ("psql", "pg_dump"):
+        path = tmp_path / tool
+        path.write_text("#!/bin/sh\n")
+        path.chmod(0o755)
+    tools = PgTools(dict(PARAMS, bin_dir=str(tmp_path)))
+    argv = tools.argv("pg_dump", ["-d", "shop"])
+    assert argv == [str(tmp_path / "pg_dump"), "-d", "shop"]
+    env = tools.env()
+    assert env["PGPASSWORD"] == "s3cret-pw" and env["PGHOST"] == "db.example" and env["PGPORT"] == "5433"
+    assert env["PGUSER"] == "backup"
+    assert tools.argv("psql", ["-d", "x"], spool_stdin=True)[:4] == ["sh", "-c", SPOOL_SCRIPT, "sh"]
+    with pytest.raises(BackupError, match="pg_restore not found in bin_dir"):
+        tools.argv("pg_restore", [])
+
+
+def test_unix_socket_wins_and_options_override_inherited_variables(monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", "inherited")
+    monkeypatch.setenv("PGHOST", "elsewhere")
+    env = PgTools(dict(PARAMS, login_unix_socket="/run/pg")).env()
+    assert env["PGHOST"] == "/run/pg" and env["PGPASSWORD"] == "s3cret-pw"
+
+
+def test_container_argv_passes_variable_names_only(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
+    tools = PgTools(dict(PARAMS, container="inventario-retail_postgres_1"))
+    argv = tools.argv("pg_restore", ["-j", "2", "-d", "x"], spool_stdin=True)
+    assert "s3cret-pw" not in " ".join(argv)
+    assert argv[:3] == ["/usr/bin/docker", "exec", "-i"]
+    index = argv.index("inventario-retail_postgres_1")
+    assert argv[3:index] == ["-e", "PGAPPNAME", "-e", "PGCONNECT_TIMEOUT", "-e", "PGHOST", "-e", "PGPASSWORD",
+                             "-e", "PGPORT", "-e", "PGUSER"]
+    assert argv[index + 1:] == ["sh", "-c", SPOOL_SCRIPT, "sh", "pg_restore", "-j", "2", "-d", "x"]
+    with_bin = PgTools(dict(PARAMS, container="c", bin_dir="/usr/lib/postgresql/15/bin"))
+    assert with_bin.argv("psql", [])[-1] == "/usr/lib/postgresql/15/bin/psql"
+
+
+def fake_runner(outputs):
+    calls = []
+
+    def run(args, data=None, environ_update=None, binary_data=False):
+        calls.append((args, data, environ_update))
+        return outputs.pop(0)
+    return run, calls
+
+
+def test_old_native_pg_dump_is_refused_with_the_fix(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
+    run, calls = fake_runner([(0, "pg_dump (PostgreSQL) 13.14 (Debian 13.14-0+deb11u1)\n", "")])
+    tools = PgTools(PARAMS, run_command=run)
+    with pytest.raises(BackupError) as info:
+        tools.check_client("pg_dump", 150020)
+    msg = str(info.value)
+    assert "pg_dump is version 13 but the server is PostgreSQL 15" in msg
+    assert "bin_dir" in msg and "container mode" in msg
+    assert calls[0][2]["PGPASSWORD"] == "s3cret-pw" and "s3cret-pw" not in calls[0][0]
+    run, _calls = fake_runner([(0, "pg_dump (PostgreSQL) 15.20\n", "")])
+    assert PgTools(PARAMS, run_command=run).check_client("pg_dump", 150020).startswith("pg_dump")
+    run, _calls = fake_runner([(0, "pg_dump (PostgreSQL) 13.1\n", "")])
+    assert PgTools(dict(PARAMS, container="c"), run_command=run).check_client("pg_dump", 150020)
+
+
+def test_major_of():
+    assert major_of(" 15.20 (Debian 15.20-0+deb12u1)") == 15
+    assert major_of("nothing") is None
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    ('psql: error: connection to server at "h", port 5 failed: FATAL:  password authentication failed for user "u"\n',
+     "check login_user/login_password"),
+    ('psql: error: connection to server at "h", port 5 failed: FATAL:  database "x" does not exist\n', "check the db name"),
+    ('psql: error: connection to server at "127.0.0.1", port 1 failed: Connection refused\n\tIs the server running on that host?\n',
+     "is the PostgreSQL server running?"),
+    ("Error response from daemon: No such container: pg\n", "docker ps"),
+    ("pg_dump: error: query failed: ERROR:  permission denied for table t\n", "enough privileges"),
+])
+def test_explain_gives_one_line_with_the_fix(stderr, expected):
+    line = explain(stderr, "dumping")
+    assert "\n" not in line and line.startswith("dumping failed: ") and expected in line
+
+
+def test_explain_without_output_names_the_likely_cause():
+    assert explain("", "pg_dump", 137) == "pg_dump failed: exit status 137 and no message (killed?)"
+    assert "did container pg stop? check 'docker ps'" in explain("\n", "pg_dump", 1, "pg")
+
+
+def test_suffix_names_fit_postgres_limit():
+    name = psd.suffix_name("d" * 63, "pre_restore", utc_now())
+    assert len(name.encode()) <= 63 and "_pre_restore_" in name
+
+
+def test_plan_dump_rejects_bad_environment(tmp_path):
+    with pytest.raises(BackupError, match="not a valid name"):
+        psd.plan_dump(str(tmp_path), "prod_1", "gzip")
+    assert psd.plan_dump(str(tmp_path), "prod-1", "zstd").endswith(".tar.zst")
+
+
+def test_check_dest_messages(tmp_path):
+    with pytest.raises(BackupError, match="is not a directory"):
+        psd.check_dest(str(tmp_path / "missing"))
+    psd.check_dest(str(tmp_path))
+
+
+def test_stale_partials_removed_only_for_this_environment(tmp_path):
+    for name in ("database_prod_20250101_000000.tar.gz.partial", "database_dev_20250101_000000.tar.gz.partial",
+                 "database_prod_20250101_000000.tar.gz"):
+        (tmp_path / name).write_bytes(b"x")
+    assert psd.remove_stale_partials(str(tmp_path), "prod") == ["database_prod_20250101_000000.tar.gz.partial"]
+    assert sorted(os.listdir(tmp_path)) == ["database_dev_20250101_000000.tar.gz.partial", "database_prod_20250101_000000.tar.gz"]
+
+
+def test_subprocess_runner_passes_stdin_and_env():
+    rc, out, _err = subprocess_runner(["sh", "-c", 'cat; printf "%s" "$X"'], data="in-", environ_update={"X": "env"})
+    assert (rc, out) == (0, "in-env")
+
+
+class FullDisk(object):
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_compressed_sink_reports_disk_full_instead_of_hanging():
+    """Shared _backup_set fix: a failing target must not leave write() blocked on the compressor."""
+    sink = CompressedSink(FullDisk(), "gzip")
+    with pytest.raises(BackupError, match="No space left on device"):
+        for _block in range(64):
+            sink.write(os.urandom(1024 * 1024))
+        sink.close()
+    sink.abort()
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("members, message", [
+    ([("etc/passwd", b"root")], "is not ours"),
+    ([("pre-data.dump.part00000.last", b"x")], "does not start with schema.sql"),
+    ([("schema.sql.part00001.last", b"x")], "out of order"),
+    ([("schema.sql.part00000.last", b"x")], "has no manifest"),
+    ([("schema.sql.part00000", b"x"), ("schema.sql.part00002.last", b"x")], "out of order"),
+    ([("schema.sql.part00000.last", b"x"), ("manifest.json", b'{"format": "other"}')], "manifest format"),
+    ([("schema.sql.part00000.last", b"x"), ("manifest.json", json.dumps({
+        "format": psd.ARCHIVE_FORMAT, "streams": {"schema.sql": {"chunks": [], "sha256": "0"}}}).encode())], "does not match its manifest"),
+])
+def test_restore_reader_refuses_archives_that_are_not_ours(tmp_path, members, message):
+    """Structural checks fail before any database tool runs (schema.sql is only hashed)."""
+    path = _tar(tmp_path / "database_x_20250101_000000.tar", members)
+    with pytest.raises(BackupError, match=message):
+        psd.restore_archive(PgTools(PARAMS), path, "unused", 1)
+
+
+def test_restore_reader_reports_truncated_compressed_archive(tmp_path):
+    path = _tar(tmp_path / "plain.tar", [("schema.sql.part00000.last", os.urandom(200000))])
+    with open(path, "rb") as handle:
+        data = handle.read()
+    target = tmp_path / "database_x_20250101_000000.tar.gz"
+    target.write_bytes(gzip.compress(data)[:5000])
+    with pytest.raises(BackupError, match="truncated or damaged|has no manifest"):
+        psd.restore_archive(PgTools(PARAMS), str(target), "unused", 1)
