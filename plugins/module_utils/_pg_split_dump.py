@@ -29,6 +29,7 @@ import io
 import json
 import os
 import queue
+import re
 import socket
 import subprocess
 import tarfile
@@ -89,6 +90,28 @@ UNION ALL SELECT 'functions', count(*) FROM pg_proc p JOIN pg_namespace n ON n.o
 UNION ALL SELECT 'types', count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.typtype IN ('e', 'd') AND {ns}
 UNION ALL SELECT 'large_objects', count(*) FROM pg_largeobject_metadata;
 """.format(ns=USER_NS)
+
+# What ``pg_dump --create`` carries beyond the schema: owner, connection limit, comment, ACL
+# (null = never granted or revoked, i.e. the default) and ALTER [ROLE ... IN] DATABASE ... SET.
+# jsonb text keeps everything, comments with newlines included, on one psql output line.
+DATABASE_PROPERTIES = """
+SELECT json_build_object(
+  'encoding', pg_encoding_to_char(d.encoding), 'collate', d.datcollate, 'ctype', d.datctype,
+  'owner', pg_get_userbyid(d.datdba), 'server_version', current_setting('server_version'),
+  'connection_limit', d.datconnlimit, 'comment', shobj_description(d.oid, 'pg_database'),
+  'acl', CASE WHEN d.datacl IS NULL THEN NULL ELSE coalesce((
+    SELECT json_agg(json_build_object('grantee', CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END,
+                                      'privilege', a.privilege_type, 'grantable', a.is_grantable))
+    FROM aclexplode(d.datacl) a), '[]') END,
+  'settings', coalesce((
+    SELECT json_agg(json_build_object('role', CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END,
+                                      'name', split_part(c, '=', 1), 'value', substr(c, strpos(c, '=') + 1)))
+    FROM pg_db_role_setting s, unnest(s.setconfig) c WHERE s.setdatabase = d.oid), '[]'))::jsonb
+FROM pg_database d WHERE d.datname = %s;
+"""
+PROPERTY_KEYS = ("owner", "connection_limit", "comment", "acl", "settings")
+TEMP_LABELS = ("restoring", "verify")
+MARKER = "minimarket.backup pg_split_dump: temporary copy of database %s, safe to drop"
 
 
 def table_name(schema, name):
@@ -221,14 +244,8 @@ def snapshot_facts(session, db):
         for name, count in session.query(sql + ";", what="counting rows"):
             counts[name] = int(count)
     objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting objects"))
-    props = session.query(
-        "SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, pg_get_userbyid(d.datdba), "
-        "current_setting('server_version') FROM pg_database d WHERE d.datname = %s;" % quote_literal(db),
-        what="reading database properties",
-    )[0]
-    return snapshot, relations, counts, objects, {
-        "encoding": props[0], "collate": props[1], "ctype": props[2], "owner": props[3], "server_version": props[4],
-    }
+    props = json.loads(session.query(DATABASE_PROPERTIES % quote_literal(db), what="reading database properties")[0][0])
+    return snapshot, relations, counts, objects, props
 
 
 def check_dest(dest):
@@ -304,7 +321,7 @@ def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globa
             "members": dict((name, {"sha256": s["sha256"], "size": s["size"]}) for name, s in manifest["streams"].items()),
             "tables": counts,
             "objects": objects,
-            "database_properties": dict((k, props[k]) for k in ("encoding", "collate", "ctype", "owner")),
+            "database_properties": normalize_properties(props, ("encoding", "collate", "ctype") + PROPERTY_KEYS),
             "container": tools.container,
             "jobs": jobs,
             "duration": round(time.time() - started, 3),
@@ -416,7 +433,7 @@ class StreamLoader(object):
 
     def put(self, seq, data, member):
         if seq != self.next_seq:
-            raise BackupError("archive member %s is out of order (expected part %d): the archive is damaged" % (member, self.next_seq))
+            raise BackupError("archive member %s is out of order (expected part %d): the archive is damaged, use another backup" % (member, self.next_seq))
         self.next_seq += 1
         self.digest.update(data)
         self.chunks.append({"member": member, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
@@ -523,7 +540,7 @@ def _read_members(tools, reader, dbname, jobs, active, finished, name):
         loader = active.get(stream)
         if loader is None:
             if stream in finished:
-                raise BackupError("archive stream %s appears twice: the archive is damaged" % stream)
+                raise BackupError("archive stream %s appears twice: the archive is damaged, use another backup" % stream)
             if not finished and not active and stream != "schema.sql":
                 raise BackupError("archive does not start with schema.sql: %s is not a pg_split_dump backup" % name)
             loader = active[stream] = _loader_for(tools, stream, dbname, jobs)
@@ -540,20 +557,21 @@ def _finish_data(active, finished):
     for stream in list(active):
         loader = active[stream]
         if not loader.ended:
-            raise BackupError("archive stream %s ends without its last part: the archive is damaged" % stream)
+            raise BackupError("archive stream %s ends without its last part: the archive is damaged, use another backup" % stream)
         finished[stream] = active.pop(stream)
         loader.wait()
 
 
 def _check_manifest(manifest, finished, name):
     if manifest.get("format") != ARCHIVE_FORMAT:
-        raise BackupError("%s has manifest format %r, not %s" % (name, manifest.get("format"), ARCHIVE_FORMAT))
+        raise BackupError("%s has manifest format %r, not %s: restore it with the collection version that wrote it"
+                          % (name, manifest.get("format"), ARCHIVE_FORMAT))
     if sorted(finished) != sorted(manifest.get("streams", {})):
-        raise BackupError("archive streams of %s do not match its manifest: the archive is damaged" % name)
+        raise BackupError("archive streams of %s do not match its manifest: the archive is damaged, use another backup" % name)
     for stream, entry in manifest["streams"].items():
         loader = finished[stream]
         if loader.chunks != entry.get("chunks") or loader.digest.hexdigest() != entry.get("sha256"):
-            raise BackupError("archive stream %s does not match its manifest checksum: the archive is damaged" % stream)
+            raise BackupError("archive stream %s does not match its manifest checksum: the archive is damaged, use another backup" % stream)
 
 
 def database_exists(tools, name):
@@ -569,17 +587,240 @@ def check_privileges(tools):
         raise BackupError("login_user may not create databases: use a superuser or a role with CREATEDB")
 
 
-def create_database(tools, name, props):
-    owner = props.get("owner")
-    if owner and not tools.psql(tools.maintenance_db, "SELECT 1 FROM pg_roles WHERE rolname = %s;" % quote_literal(owner)):
-        owner = None
+def normalize_properties(props, keys=PROPERTY_KEYS):
+    """Order-independent form of database properties, so a dump and a restored copy compare equal."""
+    out = dict((k, props.get(k)) for k in keys if k in props)
+    if out.get("acl") is not None:
+        out["acl"] = sorted(out["acl"], key=lambda a: (a["grantee"], a["privilege"]))
+    if "settings" in out:
+        out["settings"] = sorted(out["settings"] or [], key=lambda s: (s["role"] or "", s["name"]))
+    return out
+
+
+def read_properties(tools, dbname):
+    rows = tools.psql(tools.maintenance_db, DATABASE_PROPERTIES % quote_literal(dbname), what="reading properties of %s" % dbname)
+    return normalize_properties(json.loads(rows[0][0]))
+
+
+def referenced_roles(props):
+    roles = set()
+    if props.get("owner"):
+        roles.add(props["owner"])
+    roles.update(a["grantee"] for a in props.get("acl") or [] if a["grantee"] != "PUBLIC")
+    roles.update(s["role"] for s in props.get("settings") or [] if s["role"])
+    return roles
+
+
+def existing_roles(tools):
+    return set(r[0] for r in tools.psql(tools.maintenance_db, "SELECT rolname FROM pg_roles;", what="listing roles"))
+
+
+def check_roles(props, existing, db, created=()):
+    """Fail before anything is touched: GRANT/OWNER to a missing role would fail after the data load."""
+    missing = sorted(referenced_roles(props) - set(existing) - set(created))
+    if missing:
+        raise BackupError("role(s) %s, used by database %s in the backup (owner, grants or settings), do not exist on this server: "
+                          "create them, or restore with restore_globals: true from a backup made with include_globals: true"
+                          % (", ".join(missing), db))
+
+
+def create_database(tools, name, props, marker_for):
+    """The comment marks the database as ours until the real properties replace it (see find_leftovers)."""
     sql = "CREATE DATABASE %s TEMPLATE template0" % quote_ident(name)
     if props.get("encoding"):
         sql += " ENCODING %s LC_COLLATE %s LC_CTYPE %s" % (
             quote_literal(props["encoding"]), quote_literal(props["collate"]), quote_literal(props["ctype"]))
-    if owner:
-        sql += " OWNER %s" % quote_ident(owner)
-    tools.psql(tools.maintenance_db, sql + ";", what="creating database %s" % name)
+    if props.get("owner"):
+        sql += " OWNER %s" % quote_ident(props["owner"])
+    sql += ";\n"
+    if marker_for:
+        sql += "COMMENT ON DATABASE %s IS %s;\n" % (quote_ident(name), quote_literal(MARKER % marker_for))
+    tools.psql(tools.maintenance_db, sql, what="creating database %s" % name)
+
+
+def apply_properties(tools, name, props):
+    """Owner, connection limit, comment, ACL and settings as recorded; the ACL is rebuilt from scratch, granted by the owner."""
+    db_q = quote_ident(name)
+    sql = []
+    if props.get("owner"):
+        sql.append("ALTER DATABASE %s OWNER TO %s;" % (db_q, quote_ident(props["owner"])))
+    if props.get("connection_limit") is not None:
+        sql.append("ALTER DATABASE %s CONNECTION LIMIT %d;" % (db_q, int(props["connection_limit"])))
+    # Always: it also replaces our marker comment, for metadata written before comments were recorded.
+    sql.append("COMMENT ON DATABASE %s IS %s;" % (db_q, quote_literal(props["comment"]) if props.get("comment") is not None else "NULL"))
+    if props.get("acl") is not None:
+        sql.append("REVOKE ALL ON DATABASE %s FROM PUBLIC;" % db_q)
+        sql.append("REVOKE ALL ON DATABASE %s FROM %s;" % (db_q, quote_ident(props.get("owner") or "postgres")))
+        for entry in props["acl"]:
+            grantee = "PUBLIC" if entry["grantee"] == "PUBLIC" else quote_ident(entry["grantee"])
+            sql.append("GRANT %s ON DATABASE %s TO %s%s;" % (entry["privilege"], db_q, grantee,
+                                                             " WITH GRANT OPTION" if entry["grantable"] else ""))
+    for setting in props.get("settings") or []:
+        # set_config + FROM CURRENT stores the value exactly as recorded, list settings (search_path) included.
+        target = "ROLE %s IN DATABASE %s" % (quote_ident(setting["role"]), db_q) if setting["role"] else "DATABASE %s" % db_q
+        sql.append("BEGIN; SELECT set_config(%s, %s, true); ALTER %s SET %s FROM CURRENT; COMMIT;"
+                   % (quote_literal(setting["name"]), quote_literal(setting["value"]), target, quote_ident(setting["name"])))
+    if sql:
+        tools.psql(tools.maintenance_db, "\n".join(sql) + "\n", what="applying the database properties to %s" % name)
+
+
+def compare_properties(tools, name, expected):
+    """Problems (list of lines) where the database's properties differ from the recorded ones."""
+    if not expected:
+        return {}, []
+    actual = read_properties(tools, name)
+    problems = ["database %s: %s is %s, backup says %s" % (name, key, json.dumps(actual.get(key)), json.dumps(expected[key]))
+                for key in PROPERTY_KEYS if key in expected and actual.get(key) != expected[key]]
+    return actual, problems
+
+
+def is_leftover_name(db, name):
+    for label in TEMP_LABELS:
+        prefix = suffix_name(db, label, utc_now())[:-15]
+        rest = name[len(prefix):]
+        if name.startswith(prefix) and len(rest) == 15 and rest[8] == "_" and (rest[:8] + rest[9:]).isdigit():
+            return True
+    return False
+
+
+def find_leftovers(tools, db):
+    """Temporary databases of ours for db: our name pattern AND our marker comment; a user's database has no marker."""
+    rows = tools.psql(tools.maintenance_db,
+                      "SELECT d.datname, (SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) FROM pg_database d "
+                      "WHERE shobj_description(d.oid, 'pg_database') = %s ORDER BY 1;" % quote_literal(MARKER % db),
+                      what="looking for leftover temporary databases")
+    leftovers, busy = [], []
+    for name, sessions in rows:
+        if is_leftover_name(db, name):
+            (busy if int(sessions) else leftovers).append(name)
+    return leftovers, busy
+
+
+def is_marked(tools, name, db):
+    return bool(tools.psql(tools.maintenance_db,
+                           "SELECT 1 FROM pg_database d WHERE d.datname = %s AND shobj_description(d.oid, 'pg_database') = %s;"
+                           % (quote_literal(name), quote_literal(MARKER % db))))
+
+
+def clean_leftovers(tools, db, result, check_mode):
+    """Report and drop what a killed restore/verify left; databases somebody is connected to are only reported."""
+    leftovers, busy = find_leftovers(tools, db)
+    result["leftovers_dropped"] = leftovers
+    if busy:
+        result.setdefault("warnings", []).append(
+            "temporary database(s) %s of an earlier run still have sessions (another restore running?): left alone" % ", ".join(busy))
+    if not check_mode:
+        for name in leftovers:
+            drop_database(tools, name)
+
+
+# ---------------------------------------------------------------- globals
+
+IDENT = r'(?:"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*)'
+ROLE_STATEMENT = re.compile(r"^(?:CREATE ROLE|ALTER ROLE|COMMENT ON ROLE|SECURITY LABEL FOR \S+ ON ROLE) (%s)" % IDENT, re.S)
+ROLE_IN_DATABASE = re.compile(r"^ALTER ROLE %s IN DATABASE " % IDENT)
+MEMBERSHIP = re.compile(r"^GRANT %s(?:\s*,\s*%s)* TO (%s)" % (IDENT, IDENT, IDENT), re.S)
+
+
+def unquote_ident(text):
+    return text[1:-1].replace('""', '"') if text.startswith('"') else text
+
+
+def split_sql(text):
+    """Statements of a pg_dumpall --globals-only script: no dollar quoting there, only '...' and "..." to respect."""
+    statements, current, quote = [], [], None
+    for line in text.splitlines(True):
+        if quote is None and not "".join(current).strip() and (line.startswith("--") or line.startswith("\\") or not line.strip()):
+            continue
+        for char in line:
+            current.append(char)
+            if quote:
+                if char == quote:
+                    quote = None
+            elif char in "'\"":
+                quote = char
+            elif char == ";":
+                statements.append("".join(current).strip())
+                current = []
+    if "".join(current).strip():
+        statements.append("".join(current).strip())
+    return statements
+
+
+def plan_globals(text, existing):
+    """Which statements of globals.sql to replay: only those creating or describing roles that do not exist yet.
+
+    Existing roles (the connecting superuser included) are never altered -- not their attributes, not their
+    password, not their memberships. Tablespaces and per-database role settings are skipped.
+    """
+    statements = split_sql(text)
+    created, kept = [], []
+    for statement in statements:
+        match = re.match(r"^CREATE ROLE (%s);$" % IDENT, statement)
+        if match:
+            role = unquote_ident(match.group(1))
+            (kept if role in existing else created).append(role)
+    run, skipped = [], []
+    for statement in statements:
+        role = ROLE_STATEMENT.match(statement)
+        member = MEMBERSHIP.match(statement)
+        if statement.upper().startswith("SET "):
+            run.append(statement)
+        elif ROLE_IN_DATABASE.match(statement):
+            skipped.append(statement)
+        elif role:
+            (run if unquote_ident(role.group(1)) in created else skipped).append(statement)
+        elif member and " ON " not in statement.split(" TO ")[0]:
+            (run if unquote_ident(member.group(1)) in created else skipped).append(statement)
+        else:
+            skipped.append(statement)
+    return {"created": created, "kept": kept, "statements": run, "skipped": len(skipped)}
+
+
+def prepare_globals(backup, existing):
+    member = backup.metadata.get("members", {}).get("globals.sql")
+    if member is None:
+        raise BackupError("restore_globals: %s has no globals.sql (dumped without include_globals): create the roles by hand "
+                          "or restore without restore_globals" % backup.name)
+    return plan_globals(extract_stream(backup.path, "globals.sql", member["sha256"]), existing)
+
+
+def replay_globals(tools, plan):
+    """All or nothing: one transaction (CREATE ROLE is transactional; tablespaces, which are not, are skipped)."""
+    if plan["created"]:
+        tools.psql(tools.maintenance_db, "BEGIN;\n%s\nCOMMIT;\n" % "\n".join(plan["statements"]), what="replaying globals.sql")
+
+
+def extract_stream(backup_path, wanted, expected_sha256):
+    """One small stream (globals.sql) read ahead of the restore: it sits after pre-data, but roles must exist first."""
+    name = os.path.basename(backup_path)
+    command = decompressor_command(compression_of(name))
+    parts = []
+    with open(backup_path, "rb") as source:
+        decompressor = None
+        reader = source
+        if command is not None:
+            decompressor = subprocess.Popen(command, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            reader = decompressor.stdout
+        try:
+            tar = tarfile.open(fileobj=reader, mode="r|")
+            for member in tar:
+                parsed = parse_member(member.name)
+                if member.name == MANIFEST or (parsed and parsed[0].startswith("data/")):
+                    break
+                if parsed and parsed[0] == wanted:
+                    parts.append(tar.extractfile(member).read())
+        except (tarfile.TarError, EOFError) as exc:
+            raise BackupError("archive %s is truncated or damaged (%s): use another backup" % (name, exc))
+        finally:
+            if decompressor is not None:
+                with contextlib.suppress(OSError):
+                    decompressor.kill()
+                decompressor.wait()
+    data = b"".join(parts)
+    if not parts or hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise BackupError("%s in %s is missing or does not match its checksum: use another backup" % (wanted, name))
+    return data.decode("utf-8")
 
 
 def drop_database(tools, name):
@@ -636,7 +877,8 @@ def suffix_name(db, label, when):
     return "%s_%s_%s" % (db[:63 - len(label) - 17], label, when.strftime("%Y%m%d_%H%M%S"))
 
 
-def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2, keep_previous=True, check_mode=False):
+def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2, keep_previous=True, check_mode=False,
+            restore_globals=False):
     started = time.time()
     backup = load_backup(src, dest, environment)
     check_privileges(tools)
@@ -645,29 +887,44 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
     live_exists = database_exists(tools, db)
     when = utc_now()
     result = {"src": backup.path, "strategy": strategy, "database": db, "previous": None, "tables": {}}
+    props = backup.metadata.get("database_properties", {})
+    existing = existing_roles(tools)
+    plan = prepare_globals(backup, existing) if restore_globals else None
+    check_roles(props, existing, db, plan["created"] if plan else ())
+    if plan:
+        result["globals"] = {"created": plan["created"], "kept": plan["kept"], "skipped_statements": plan["skipped"]}
+    clean_leftovers(tools, db, result, check_mode)
     if check_mode:
         result["msg"] = "would restore %s into %s (strategy %s)" % (backup.name, db, strategy)
         return result
-    props = backup.metadata.get("database_properties", {})
+    if plan:
+        replay_globals(tools, plan)
     if strategy == "drop":
         if live_exists:
             drop_database(tools, db)
-        create_database(tools, db, props)
+        create_database(tools, db, props, None)
         restore_archive(tools, backup.path, db, jobs)
         tools.psql(db, "ANALYZE;", what="analyzing %s" % db)
+        apply_properties(tools, db, props)
         result["tables"], problems = compare_contents(tools, db, backup.metadata)
+        result["database_properties"], more = compare_properties(tools, db, props)
+        problems += more
         if problems:
-            raise BackupError("restored %s does not match the backup: %s" % (db, "; ".join(problems[:3])))
+            raise BackupError("restored %s does not match the backup: %s -- restore another backup" % (db, "; ".join(problems[:3])))
         result["duration"] = round(time.time() - started, 3)
         return result
     temp = suffix_name(db, "restoring", when)
-    create_database(tools, temp, props)
+    create_database(tools, temp, props, db)
     try:
         restore_archive(tools, backup.path, temp, jobs)
         tools.psql(temp, "ANALYZE;", what="analyzing %s" % temp)
         result["tables"], problems = compare_contents(tools, temp, backup.metadata)
+        if not problems:
+            apply_properties(tools, temp, props)
+            result["database_properties"], problems = compare_properties(tools, temp, props)
         if problems:
-            raise BackupError("restored copy does not match the backup, live database untouched: %s" % "; ".join(problems[:3]))
+            raise BackupError("restored copy does not match the backup, live database untouched: %s -- restore another backup"
+                              % "; ".join(problems[:3]))
         result["restore_duration"] = round(time.time() - started, 3)
         if live_exists:
             previous = suffix_name(db, "pre_restore", when)
@@ -722,20 +979,30 @@ def swap(tools, db, temp, previous):
 
 
 def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None, critical_tables=None, queries=None):
-    """Checksums, full restore into a scratch database (always dropped), row counts, critical tables, queries."""
+    """Checksums, full restore into a scratch database (always dropped), row counts, properties, critical tables, queries."""
     started = time.time()
     backup = load_backup(src, dest, environment)
     check_privileges(tools)
     tools.check_client("pg_restore", tools.server_version_num(tools.maintenance_db))
+    props = backup.metadata.get("database_properties", {})
+    check_roles(props, existing_roles(tools), db)
+    result = {"src": backup.path}
+    clean_leftovers(tools, db, result, False)
     scratch = scratch_db or suffix_name(db, "verify", utc_now())
     if database_exists(tools, scratch):
-        raise BackupError("scratch database %s already exists: choose another scratch_db or drop it" % scratch)
+        if not is_marked(tools, scratch, db):
+            raise BackupError("scratch database %s already exists: choose another scratch_db or drop it" % scratch)
+        drop_database(tools, scratch)
+        result["leftovers_dropped"].append(scratch)
     problems = []
     checks = []
-    create_database(tools, scratch, backup.metadata.get("database_properties", {}))
+    create_database(tools, scratch, props, db)
     try:
         restore_archive(tools, backup.path, scratch, jobs)
         tables, problems = compare_contents(tools, scratch, backup.metadata)
+        apply_properties(tools, scratch, props)
+        result["database_properties"], more = compare_properties(tools, scratch, props)
+        problems += more
         for name, minimum in sorted((critical_tables or {}).items()):
             got = tables.get(name if "." in name else "public." + name, {}).get("restored")
             ok = got is not None and got >= int(minimum)
@@ -754,10 +1021,9 @@ def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None,
                 problems.append("query %r returned %r, not true" % (sql, value))
     finally:
         drop_database(tools, scratch)
-    result = {"src": backup.path, "scratch_db": scratch, "tables": tables, "checks": checks, "problems": problems,
-              "duration": round(time.time() - started, 3)}
+    result.update(scratch_db=scratch, tables=tables, checks=checks, problems=problems, duration=round(time.time() - started, 3))
     if problems:
-        raise VerifyFailed("backup %s failed verification: %s" % (backup.name, "; ".join(problems[:3])), result)
+        raise VerifyFailed("backup %s failed verification: %s -- use another backup or fix the checks" % (backup.name, "; ".join(problems[:3])), result)
     return result
 
 

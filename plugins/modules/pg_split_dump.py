@@ -20,6 +20,13 @@ description:
     constraints and triggers exist, compares every table's row count and the object counts with the metadata, and only
     then renames the live database to C(<db>_pre_restore_<timestamp>) and the restored one into place. Any failure before
     the rename drops the temporary database and leaves the live one untouched.
+  - Database-level properties recorded by the dump (owner, connection limit, comment, C(GRANT ... ON DATABASE),
+    C(ALTER DATABASE ... SET) and C(ALTER ROLE ... IN DATABASE ... SET)) are applied to the restored copy before the swap
+    and compared with the metadata. When a role they name does not exist, restore and verify fail before touching
+    anything (create the role, or use O(restore_globals)).
+  - Restore and verify first drop the temporary databases a killed earlier run of this module left for O(db)
+    (C(<db>_restoring_<timestamp>), C(<db>_verify_<timestamp>)); a database is recognised by its name and by the
+    comment this module puts on it, never by its name alone.
   - O(state=verify) checks the checksums, restores into a scratch database that is always dropped, compares row counts,
     and checks O(critical_tables) and O(queries).
 author:
@@ -77,8 +84,17 @@ options:
   include_globals:
     description:
       - Also store roles and tablespaces (C(pg_dumpall --globals-only)) as C(globals.sql) in the archive. Role passwords
-        are left out when O(login_user) may not read them. C(globals.sql) is kept for a rebuild by hand; restore does not
-        replay it.
+        are left out when O(login_user) may not read them. O(restore_globals) replays the roles.
+    type: bool
+    default: false
+  restore_globals:
+    description:
+      - With O(state=restore), first create the roles of the archive's C(globals.sql) (written by O(include_globals))
+        that do not exist on the server, with their attributes, passwords, comments and memberships, in one
+        transaction.
+      - Roles that already exist, the connecting O(login_user) included, are never altered (attributes, password and
+        memberships stay as they are). Tablespaces and per-database role settings of C(globals.sql) are skipped.
+      - Needs a O(login_user) that may create roles.
     type: bool
     default: false
   src:
@@ -115,7 +131,7 @@ options:
     elements: str
 notes:
   - The format and its measured costs are explained in the collection's C(docs/modules/pg_split_dump.md).
-  - Database-level settings (C(ALTER DATABASE ... SET), database grants and comments) are not part of the archive.
+  - Database grants are re-created as granted by the database owner; who granted them originally is not kept.
 seealso:
   - name: pg_dump
     description: PostgreSQL's dump tool, used for every stream of the archive.
@@ -149,6 +165,14 @@ EXAMPLES = r"""
     dest: /var/backups/minimarket/database
     environment: production
     src: latest
+
+- name: Restore onto a new server, creating the roles the backup needs first
+  minimarket.backup.pg_split_dump:
+    state: restore
+    db: minimarket
+    container: inventario-retail_postgres_1
+    src: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
+    restore_globals: true
 
 - name: Prove last night's backup can be restored
   minimarket.backup.pg_split_dump:
@@ -202,6 +226,21 @@ src:
   returned: state=restore or state=verify
   type: str
   sample: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
+msg:
+  description: What the module would do (check mode).
+  returned: check mode
+  type: str
+  sample: would restore database_production_20251007_120000.tar.gz into minimarket (strategy swap)
+database:
+  description: The database restored into (O(db)).
+  returned: state=restore
+  type: str
+  sample: minimarket
+strategy:
+  description: The restore strategy used (O(strategy)).
+  returned: state=restore
+  type: str
+  sample: swap
 previous:
   description: Name of the replaced database kept (or dropped, see RV(previous_dropped)) by O(strategy=swap).
   returned: state=restore
@@ -217,6 +256,37 @@ restore_duration:
   returned: state=restore and strategy=swap and not check mode
   type: float
   sample: 10.1
+database_properties:
+  description:
+    - Owner, connection limit, comment, ACL (null when never changed from the default) and settings of the restored
+      (O(state=restore)) or scratch (O(state=verify)) database, read back after they were applied; they equal the backup's.
+  returned: (state=restore or state=verify) and not check mode
+  type: dict
+  sample: {"owner": "minimarket", "connection_limit": -1, "comment": null, "acl": null,
+           "settings": [{"role": null, "name": "timezone", "value": "America/Argentina/Buenos_Aires"}]}
+leftovers_dropped:
+  description: Temporary databases left by a killed earlier restore or verify of O(db), dropped before starting (in check mode, would be dropped).
+  returned: state=restore or (state=verify and not check mode)
+  type: list
+  elements: str
+  sample: [minimarket_restoring_20251008_031500]
+globals:
+  description: What O(restore_globals) did (or would do in check mode).
+  returned: state=restore and restore_globals=true
+  type: dict
+  contains:
+    created:
+      description: Roles created from C(globals.sql).
+      type: list
+      elements: str
+    kept:
+      description: Roles of C(globals.sql) that already existed and were left untouched.
+      type: list
+      elements: str
+    skipped_statements:
+      description: Statements of C(globals.sql) not replayed (about existing roles, tablespaces, per-database settings).
+      type: int
+  sample: {"created": ["vendedor"], "kept": ["minimarket"], "skipped_statements": 4}
 scratch_db:
   description: The scratch database used (and dropped) by O(state=verify).
   returned: state=verify and not check mode
@@ -267,7 +337,7 @@ def run(module, tools):
     if state == "restore":
         result = restore(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
                          strategy=params["strategy"], jobs=params["jobs"], keep_previous=params["keep_previous"],
-                         check_mode=module.check_mode)
+                         check_mode=module.check_mode, restore_globals=params["restore_globals"])
         return dict(changed=True, **result)
     if module.check_mode:
         backup = load_backup(params["src"], params["dest"], params["environment"])
@@ -275,7 +345,8 @@ def run(module, tools):
     result = verify(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
                     jobs=params["jobs"], scratch_db=params["scratch_db"], critical_tables=params["critical_tables"],
                     queries=params["queries"])
-    return dict(changed=False, **result)
+    # The scratch database is gone again; only dropping a leftover of an earlier run changes anything.
+    return dict(changed=bool(result["leftovers_dropped"]), **result)
 
 
 def main():
@@ -288,6 +359,7 @@ def main():
         compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "none"]),
         jobs=dict(type="int", default=2),
         include_globals=dict(type="bool", default=False),
+        restore_globals=dict(type="bool", default=False),
         src=dict(type="str"),
         strategy=dict(type="str", default="swap", choices=["swap", "drop"]),
         keep_previous=dict(type="bool", default=True),
@@ -305,14 +377,18 @@ def main():
         ],
     )
     if module.params["jobs"] < 1:
-        module.fail_json(msg="jobs must be at least 1")
+        module.fail_json(msg="jobs is %d: set jobs to 1 or more" % module.params["jobs"])
     tools = PgTools(module.params, run_command=module.run_command)
     try:
         result = run(module, tools)
     except VerifyFailed as exc:
+        for warning in exc.result.pop("warnings", []):
+            module.warn(warning)
         module.fail_json(msg=str(exc), **exc.result)
     except BackupError as exc:
         module.fail_json(msg=str(exc))
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     module.exit_json(**result)
 
 

@@ -5,7 +5,6 @@ import signal
 import subprocess
 import tarfile
 import threading
-import time
 
 import psycopg
 import pytest
@@ -371,10 +370,26 @@ def test_restore_killed_midway_leaves_live_db_intact(pg_server, big_db, backup_d
         proc.wait()
     finally:
         os.unlink(args_path)
-    time.sleep(0.5)
+    wait_for(lambda: not pg_server.execute("SELECT 1 FROM pg_stat_activity WHERE datname LIKE '%\\_restoring\\_%'"),
+             what="the killed restore's sessions to end")
     assert pg_server.execute("SELECT oid FROM pg_database WHERE datname = %s", params=(big_db,)) == oid
     assert pgcompare.diff(before, pgcompare.snapshot(pg_server.dsn(big_db))) == []
     assert not [d for d in pg_server.databases() if "_pre_restore_" in d and d.startswith(big_db)]
+
+    # The next run reports and drops what the killed one left, but never a user's database that merely looks like it.
+    leftover = [d for d in pg_server.databases() if d.startswith(big_db + "_restoring_")]
+    assert len(leftover) == 1
+    decoy = big_db + "_restoring_20200101_000000"
+    pg_server.create_database(decoy)
+    dropped_databases.append(decoy)
+    planned = run_module(conn_args(pg_server, state="restore", db=big_db, src=result["archive"], environment="testing"), check_mode=True)
+    assert planned["_rc"] == 0 and planned["leftovers_dropped"] == leftover, planned
+    assert leftover[0] in pg_server.databases()
+    again = run_module(conn_args(pg_server, state="restore", db=big_db, src=result["archive"], environment="testing", keep_previous=False))
+    assert again["_rc"] == 0 and again["leftovers_dropped"] == leftover, again
+    assert leftover[0] not in pg_server.databases() and decoy in pg_server.databases()
+    assert pg_server.execute("SELECT count(*) FROM grande", big_db) == [(300000,)]
+    assert pg_server.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", params=(big_db,)) == [(None,)]
 
 
 def test_through_ansible_cli_no_log_and_argument_spec(pg_server, seeded_db, backup_dir):

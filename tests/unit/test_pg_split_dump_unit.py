@@ -225,3 +225,84 @@ def test_restore_reader_reports_truncated_compressed_archive(tmp_path):
     target.write_bytes(gzip.compress(data)[:5000])
     with pytest.raises(BackupError, match="truncated or damaged|has no manifest"):
         psd.restore_archive(PgTools(PARAMS), str(target), "unused", 1)
+
+
+def test_collection_version_matches_galaxy_yml():
+    """module_utils cannot read galaxy.yml on a target host, so the copy is pinned here."""
+    import yaml
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "galaxy.yml"), encoding="utf-8") as handle:
+        assert psd.COLLECTION_VERSION == yaml.safe_load(handle)["version"]
+
+
+GLOBALS_SQL = '''--
+-- PostgreSQL database cluster dump
+--
+
+SET default_transaction_read_only = off;
+
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+
+--
+-- Roles
+--
+
+CREATE ROLE "Vendedor ""B""";
+ALTER ROLE "Vendedor ""B""" WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN PASSWORD 'SCRAM-SHA-256$4096:new';
+COMMENT ON ROLE "Vendedor ""B""" IS 'dos
+líneas; y punto y coma';
+ALTER ROLE postgres WITH SUPERUSER INHERIT CREATEROLE CREATEDB LOGIN REPLICATION BYPASSRLS PASSWORD 'SCRAM-SHA-256$4096:super';
+CREATE ROLE minimarket;
+ALTER ROLE minimarket WITH NOSUPERUSER LOGIN PASSWORD 'SCRAM-SHA-256$4096:keep';
+ALTER ROLE minimarket SET search_path TO 'x';
+ALTER ROLE "Vendedor ""B""" SET statement_timeout TO '1min';
+
+--
+-- Role memberships
+--
+
+GRANT minimarket TO "Vendedor ""B""" GRANTED BY postgres;
+GRANT "Vendedor ""B""" TO minimarket GRANTED BY postgres;
+ALTER ROLE "Vendedor ""B""" IN DATABASE minimarket SET work_mem TO '8MB';
+CREATE TABLESPACE rapido OWNER postgres LOCATION '/srv/rapido';
+'''
+
+
+def test_plan_globals_creates_only_missing_roles_and_never_touches_existing_ones():
+    plan = psd.plan_globals(GLOBALS_SQL, {"postgres", "minimarket"})
+    assert plan["created"] == ['Vendedor "B"'] and plan["kept"] == ["minimarket"]
+    assert plan["statements"] == [
+        "SET default_transaction_read_only = off;",
+        "SET client_encoding = 'UTF8';",
+        "SET standard_conforming_strings = on;",
+        'CREATE ROLE "Vendedor ""B""";',
+        'ALTER ROLE "Vendedor ""B""" WITH NOSUPERUSER INHERIT NOCREATEROLE NOCREATEDB LOGIN PASSWORD \'SCRAM-SHA-256$4096:new\';',
+        'COMMENT ON ROLE "Vendedor ""B""" IS \'dos\nlíneas; y punto y coma\';',
+        'ALTER ROLE "Vendedor ""B""" SET statement_timeout TO \'1min\';',
+        'GRANT minimarket TO "Vendedor ""B""" GRANTED BY postgres;',
+    ]
+    assert plan["skipped"] == 7
+    assert not [s for s in plan["statements"] if "keep" in s or "super" in s or "TABLESPACE" in s]
+    assert psd.plan_globals(GLOBALS_SQL, {"postgres", "minimarket", 'Vendedor "B"'})["created"] == []
+
+
+def test_leftover_names_need_our_pattern():
+    assert psd.is_leftover_name("minimarket", "minimarket_restoring_20251008_031500")
+    assert psd.is_leftover_name("minimarket", "minimarket_verify_20251008_031500")
+    assert not psd.is_leftover_name("minimarket", "minimarket_pre_restore_20251008_031500")
+    assert not psd.is_leftover_name("minimarket", "minimarket_restoring_copia")
+    assert not psd.is_leftover_name("minimarket", "minimarket2_restoring_20251008_031500")
+    long_db = "x" * 63
+    assert psd.is_leftover_name(long_db, psd.suffix_name(long_db, "restoring", utc_now()))
+
+
+def test_properties_compare_regardless_of_order():
+    acl = [{"grantee": "b", "privilege": "CONNECT", "grantable": False}, {"grantee": "a", "privilege": "TEMPORARY", "grantable": False}]
+    settings = [{"role": "r", "name": "work_mem", "value": "8MB"}, {"role": None, "name": "timezone", "value": "UTC"}]
+    one = psd.normalize_properties({"owner": "o", "acl": acl, "settings": settings, "encoding": "UTF8"})
+    two = psd.normalize_properties({"owner": "o", "acl": acl[::-1], "settings": settings[::-1]})
+    assert one == two and "encoding" not in one
+    assert psd.referenced_roles(dict(one, acl=one["acl"] + [{"grantee": "PUBLIC", "privilege": "CONNECT", "grantable": False}])) == {"o", "a", "b", "r"}
+    with pytest.raises(BackupError, match=r"^role\(s\) a, b, r, used by database d .* restore_globals: true"):
+        psd.check_roles(one, {"o"}, "d")
+    psd.check_roles(one, {"o", "a"}, "d", created=("b", "r"))
