@@ -4,7 +4,7 @@
 # Idempotent: on a host that already has what it needs it changes nothing.
 set -euo pipefail
 
-PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz acl attr rsync shellcheck)
+PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz acl attr rsync shellcheck cron logrotate)
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/minimarket-dockerd.log}
 
 die() { echo "bootstrap-host: $*" >&2; exit 1; }
@@ -12,9 +12,10 @@ die() { echo "bootstrap-host: $*" >&2; exit 1; }
 missing=()
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
-for tool in debootstrap zstd pigz setfacl setfattr rsync shellcheck; do
+for tool in debootstrap zstd pigz setfacl setfattr rsync shellcheck logrotate; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+command -v cron >/dev/null || [ -x /usr/sbin/cron ] || missing+=(cron)
 [ -x /bin/busybox ] || command -v busybox >/dev/null || missing+=(busybox)
 if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then
   missing+=(dockerd)

@@ -1,0 +1,208 @@
+"""The playbooks as an operator runs them: syntax, inventories, and refusals that must not touch anything.
+
+These need neither the stack nor backups: every refusal happens before the first change.
+"""
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+PLAYBOOKS = sorted(name for name in os.listdir(os.path.join(ROOT, "playbooks")) if name.endswith(".yml"))
+ENVIRONMENTS = ["development", "staging", "production"]
+DESTRUCTIVE = {
+    "restore_database.yml": ["-e", "backup_file=latest"],
+    "restore_volumes.yml": ["-e", "backup_file=latest"],
+    "recover_database.yml": [],
+}
+
+
+def ansible(tool, *args, env=None, stdin=subprocess.DEVNULL):
+    environ = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    environ.pop("MINIMARKET_DB_PASSWORD", None)
+    environ.update(env or {})
+    return subprocess.run(
+        [os.path.join(BIN, tool)] + list(args), cwd=ROOT, env=environ, stdin=stdin,
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def test_every_documented_procedure_has_a_playbook():
+    assert set(PLAYBOOKS) >= {
+        "backup_database.yml", "backup_volumes.yml", "restore_database.yml", "restore_volumes.yml",
+        "recover_database.yml", "recover_full.yml", "verify_backups.yml", "schedule.yml",
+    }
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_playbooks_pass_syntax_check(environment):
+    proc = ansible("ansible-playbook", "--syntax-check", "-i", "inventories/%s" % environment,
+                   *["playbooks/%s" % name for name in PLAYBOOKS])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("environment", ENVIRONMENTS)
+def test_inventory_describes_the_environment_without_a_secret(environment):
+    proc = ansible("ansible-inventory", "-i", "inventories/%s" % environment, "--list",
+                   env={"MINIMARKET_DB_PASSWORD": "s3cr3t-from-env"})
+    assert proc.returncode == 0, proc.stderr
+    inventory = json.loads(proc.stdout)
+    hosts = inventory["backup_hosts"]["hosts"]
+    assert len(hosts) == 1
+    hostvars = inventory["_meta"]["hostvars"][hosts[0]]
+    assert hostvars["minimarket_environment"] == environment
+    assert hostvars["minimarket_compose_project"] == "inventario-retail"
+    assert hostvars["minimarket_compose_file"].endswith("docker-compose.%s.yml" % environment)
+    assert hostvars["minimarket_volumes"] == [
+        "inventario-retail_postgres-data", "inventario-retail_grafana-data", "inventario-retail_prometheus-data",
+        "inventario-retail_loki-data", "inventario-retail_redis-data",
+    ]
+    assert hostvars["minimarket_services_to_stop"] == ["agente_deposito", "agente_negocio", "dashboard"]
+    assert hostvars["minimarket_critical_tables"]["productos"] >= 1
+    assert hostvars["minimarket_verify_queries"]
+    # The password is a reference (vault or environment lookup), never a literal in the inventory.
+    assert "lookup('ansible.builtin.env', 'MINIMARKET_DB_PASSWORD')" in hostvars["minimarket_db_password"]
+    source = open(os.path.join(ROOT, "inventories", environment, "group_vars", "backup_hosts", "main.yml")).read()
+    assert "s3cr3t" not in source
+
+
+@pytest.mark.parametrize("environment", ["staging", "production"])
+def test_password_comes_from_the_environment_when_there_is_no_vault(environment):
+    proc = ansible("ansible", "backup_hosts", "-i", "inventories/%s" % environment, "-c", "local",
+                   "-m", "ansible.builtin.debug", "-a", "msg={{ minimarket_db_password | length }}",
+                   env={"MINIMARKET_DB_PASSWORD": "s3cr3t-from-env"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '"msg": 15' in proc.stdout
+    assert "s3cr3t-from-env" not in proc.stdout
+
+
+@pytest.mark.parametrize("playbook", sorted(DESTRUCTIVE))
+def test_destructive_playbook_without_terminal_refuses_at_once(playbook):
+    proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/%s" % playbook,
+                   *DESTRUCTIVE[playbook])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    fatal = [line for line in out.splitlines() if line.startswith("fatal:")]
+    assert len(fatal) == 1, out
+    message = json.loads(fatal[0].split("=> ", 1)[1])["msg"]
+    assert "\n" not in message
+    assert message.startswith("not confirmed:")
+    assert "pass -e confirm=yes" in message
+    assert "nothing was changed" in message
+    assert "changed=0" in out
+    # It told the operator what it would have overwritten.
+    assert "will overwrite:" in out
+
+
+def test_a_wrong_answer_is_a_refusal():
+    proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/recover_database.yml",
+                   "-e", "confirm=no")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "pass -e confirm=yes" in out
+
+
+@pytest.mark.parametrize("playbook", ["restore_database.yml", "restore_volumes.yml"])
+def test_restore_without_backup_file_names_the_fix(playbook):
+    proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/%s" % playbook, "-e", "confirm=yes")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "pass -e backup_file=/path/to/" in out
+    assert "changed=0" in out
+
+
+def test_schedule_check_mode_shows_the_jobs_and_writes_nothing(tmp_path):
+    cron_file = "minimarket_backup_check_%d" % os.getpid()
+    proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/schedule.yml", "--check", "--diff",
+                   "-e", "backup_schedule_cron_file=%s" % cron_file, "-e", "backup_schedule_install_packages=false",
+                   "-e", "minimarket_backup_root=%s" % (tmp_path / "root"))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert not os.path.exists("/etc/cron.d/%s" % cron_file)
+    assert not (tmp_path / "root").exists()
+    for schedule, playbook in (("0 2 * * *", "backup_database.yml"), ("0 3 * * 0", "backup_volumes.yml"),
+                               ("0 5 * * 0", "verify_backups.yml")):
+        assert any(schedule in line and "playbooks/" + playbook in line and "flock" in line for line in out.splitlines()), out
+
+
+def documented_commands():
+    commands = []
+    for doc in ("docs/es/operaciones.md", "docs/awx.md"):
+        in_shell = False
+        for line in open(os.path.join(ROOT, doc), encoding="utf-8"):
+            if line.startswith("```"):
+                in_shell = line.strip() == "```bash"
+            elif in_shell and line.startswith("ansible-playbook "):
+                commands.append((doc, line.strip()))
+    return commands
+
+
+def test_the_guide_documents_every_playbook():
+    documented = " ".join(command for doc, command in documented_commands())
+    for name in PLAYBOOKS:
+        assert "playbooks/%s" % name in documented, name
+
+
+@pytest.mark.parametrize("doc,command", documented_commands())
+def test_documented_command_runs_as_written(doc, command):
+    """Every copy-pasteable command parses, names an existing inventory and playbook, and passes syntax-check."""
+    args = shlex.split(command)
+    inventory = args[args.index("-i") + 1]
+    playbook = [a for a in args if a.startswith("playbooks/")]
+    assert os.path.isdir(os.path.join(ROOT, inventory)), command
+    assert len(playbook) == 1 and os.path.isfile(os.path.join(ROOT, playbook[0])), command
+    proc = ansible("ansible-playbook", "--syntax-check", *args[1:])
+    assert proc.returncode == 0, "%s: %s\n%s" % (doc, command, proc.stdout + proc.stderr)
+
+
+FAKE_DOCKER = """#!/bin/sh
+# Records how it was called; answers 'compose version' as a v2 plugin only when FAKE_V2=1.
+echo "$(basename "$0") $*" >> "$FAKE_LOG"
+if [ "$(basename "$0")" = docker ] && [ "$1" = compose ] && [ "$2" = version ]; then
+  [ "$FAKE_V2" = 1 ] && { echo 2.29.7; exit 0; }
+  echo "docker: 'compose' is not a docker command." >&2; exit 1
+fi
+exit 0
+"""
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["docker-compose-v2-plugin", "docker-compose-v1"])
+def test_compose_command_is_detected(tmp_path, v2):
+    """The role drives whichever compose exists, with the environment's project and file."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("docker", "docker-compose"):
+        (bindir / name).write_text(FAKE_DOCKER)
+        (bindir / name).chmod(0o755)
+    playbook = tmp_path / "stop.yml"
+    playbook.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.include_role:\n        name: minimarket.backup.compose_services\n"
+        "      vars:\n        compose_services_action: stop\n        compose_services_names: [dashboard]\n"
+        "        compose_services_file: /opt/inventario-retail/docker-compose.production.yml\n"
+    )
+    log = tmp_path / "calls.log"
+    proc = ansible("ansible-playbook", "-i", "localhost,", "-c", "local", str(playbook), env={
+        "PATH": "%s:/usr/bin:/bin" % bindir, "FAKE_LOG": str(log), "FAKE_V2": "1" if v2 else "0",
+    })
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = log.read_text().splitlines()
+    expected = ("docker compose" if v2 else "docker-compose") + \
+        " --project-name inventario-retail --file /opt/inventario-retail/docker-compose.production.yml stop dashboard"
+    assert calls[-1] == expected, calls
+    assert ("docker-compose version --short" in calls) is not v2
+
+
+def test_schedule_refuses_when_the_jobs_could_not_run(tmp_path):
+    cron_file = "minimarket_backup_missing_%d" % os.getpid()
+    proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/schedule.yml",
+                   "-e", "backup_schedule_cron_file=%s" % cron_file, "-e", "backup_schedule_install_packages=false",
+                   "-e", "minimarket_backup_root=%s" % (tmp_path / "root"), "-e", "minimarket_project_dir=/nonexistent/checkout")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "/nonexistent/checkout/playbooks/backup_database.yml not found on localhost: the cron jobs need" in out
+    assert not os.path.exists("/etc/cron.d/%s" % cron_file)
