@@ -4,7 +4,7 @@
 # Idempotent: on a host that already has what it needs it changes nothing.
 set -euo pipefail
 
-PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz acl attr rsync shellcheck cron logrotate)
+PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz acl attr rsync shellcheck cron logrotate python3-venv)
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/minimarket-dockerd.log}
 
 die() { echo "bootstrap-host: $*" >&2; exit 1; }
@@ -15,6 +15,7 @@ command -v docker-compose >/dev/null || missing+=(docker-compose)
 for tool in debootstrap zstd pigz setfacl setfattr rsync shellcheck logrotate; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+/usr/bin/python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
 command -v cron >/dev/null || [ -x /usr/sbin/cron ] || missing+=(cron)
 [ -x /bin/busybox ] || command -v busybox >/dev/null || missing+=(busybox)
 if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then

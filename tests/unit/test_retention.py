@@ -400,5 +400,6 @@ def test_prune_reports_an_unusable_lock_in_one_line(backup_dir):
     os.mkdir(os.path.join(backup_dir.path, ".database_production.lock"))
     with pytest.raises(BackupError) as error:
         prune(backup_dir.path, "database_production_", Policy(), datetime.datetime(2024, 3, 2, tzinfo=UTC))
-    assert str(error.value).startswith("cannot prune %s: [Errno 21] Is a directory" % backup_dir.path)
-    assert str(error.value).endswith("; check that the directory is readable and writable")
+    assert str(error.value).startswith("cannot create lock file %s/.database_production.lock: Is a directory" % backup_dir.path)
+    assert str(error.value).endswith("; check that the directory exists and is writable")
+    assert "\n" not in str(error.value)

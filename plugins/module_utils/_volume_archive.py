@@ -1,0 +1,588 @@
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Archive, verify and restore Docker named volumes (logic behind docker_volume_archive).
+
+Two read/write paths produce and accept the same archive (pax tar, one
+top-level directory per volume):
+
+* host: root on the Docker host reads the volume's mountpoint with GNU tar
+  (xattrs, ACLs, sparse files, hard links; ``tar | zstd -T0`` speed) and
+  restores by extracting *beside* the data, checking the result, then
+  swapping directories, so a failure leaves every volume as it was;
+* api: the Engine archive API through a helper container that is never
+  started for reading (remote engines, Docker Desktop); it carries no ACLs,
+  no xattrs except ``security.capability`` and stores sparse files densely.
+
+Python parses every stream once, for the content digests and (on restore)
+the safety checks made before anything is written.
+"""
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+
+from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._docker import containers_stopped
+from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import (
+    READ,
+    STREAM_BUFFER,
+    ContentHasher,
+    SafetyChecker,
+    TeeReader,
+    scan_stream,
+)
+
+KIND = "volumes"
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
+DEFAULT_HELPER_IMAGE = "minimarket/busybox:latest"
+# GNU tar reports these for files that change or vanish while read; they are warnings, not failures.
+TAR_RACE_RE = re.compile(
+    r"^tar: (?P<path>.+?): (?P<what>file changed as we read it|File removed before we read it|"
+    r"File shrank by \d+ bytes; padding with zeros|Cannot stat: No such file or directory|"
+    r"Cannot open: No such file or directory|file changed as we read it)$"
+)
+TAR_CREATE = [
+    "tar", "--create", "--file=-", "--format=posix", "--pax-option=delete=atime,delete=ctime",
+    "--sort=name", "--numeric-owner", "--sparse", "--xattrs", "--acls",
+]
+TAR_EXTRACT = [
+    "tar", "--extract", "--file=-", "--numeric-owner", "--same-owner", "--same-permissions",
+    "--xattrs", "--xattrs-include=*", "--acls", "--sparse",
+]
+WIPE_SCRIPT = 'set -e; for v in "$@"; do cd "/mm/$v"; rm -rf -- ..?* .[!.]* *; done'
+
+
+def check_volume_names(names):
+    for name in names:
+        if not VOLUME_NAME_RE.match(name or ""):
+            raise BackupError("%r is not a Docker volume name: use letters, digits, '_', '.' and '-'" % (name,))
+    if len(set(names)) != len(names):
+        raise BackupError("volumes lists a volume twice: list each volume once")
+
+
+def classify_tar_stderr(text):
+    """Split GNU tar's stderr into (race warnings, real errors)."""
+    warnings, errors = [], []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line == "tar: Exiting with failure status due to previous errors":
+            continue
+        match = TAR_RACE_RE.match(line)
+        if match:
+            warnings.append("%s: %s while archiving; that member may not be consistent" % (match.group("path"), match.group("what")))
+        else:
+            errors.append(line)
+    return warnings, errors
+
+
+def host_mountpoint(info):
+    """The readable mountpoint of a local-driver volume, or None."""
+    mountpoint = info.get("Mountpoint") or ""
+    if info.get("Driver") != "local" or os.path.basename(mountpoint) != "_data":
+        return None
+    if os.path.basename(os.path.dirname(mountpoint)) != info["Name"]:
+        return None
+    if not os.path.isdir(mountpoint) or not os.access(mountpoint, os.R_OK | os.X_OK):
+        return None
+    return mountpoint
+
+
+def choose_mode(engine, infos, mode):
+    usable = engine.local and all(host_mountpoint(info) for info in infos)
+    if mode == "host" and not usable:
+        raise BackupError(
+            "mode=host needs root on the Docker host and local-driver volumes whose mountpoint is readable; "
+            "use mode=api (or auto)"
+        )
+    if mode == "auto":
+        return "host" if usable else "api"
+    return mode
+
+
+@contextlib.contextmanager
+def _popen(command, **kwargs):
+    """Popen (not run_command) because the data streams through while it runs."""
+    stderr = tempfile.TemporaryFile()
+    proc = subprocess.Popen(command, stderr=stderr, **kwargs)
+    try:
+        yield proc
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+        raise
+    finally:
+        proc.wait()
+        stderr.seek(0)
+        proc.stderr_text = stderr.read().decode("utf-8", "replace")
+        stderr.close()
+
+
+def host_create_command(groups, transform=True):
+    """GNU tar over ``[(parent, member)]``; archive names become ``<volume>/...``."""
+    command = list(TAR_CREATE)
+    if transform:
+        command.append(r"--transform=s,^\([^/]*\)/_data,\1,S")
+    for parent, member in groups:
+        command += ["-C", parent, member]
+    return command
+
+
+def read_host(command, sink, volumes):
+    """Run GNU tar, copy its stream into ``sink`` and digest it; returns (summaries, warnings)."""
+    with _popen(command, stdout=subprocess.PIPE) as proc:
+        reader = TeeReader(proc.stdout, sink)
+        summaries = scan_stream(reader, volumes=set(volumes))
+        reader.drain()
+        rc = proc.wait()
+    warnings, errors = classify_tar_stderr(proc.stderr_text)
+    if errors or (rc != 0 and not warnings):
+        raise BackupError("GNU tar failed reading the volumes (exit %d): %s" % (rc, (errors or ["no message"])[0]))
+    return summaries, warnings
+
+
+class _IterReader(object):
+    """File-like view of the chunk generator the Engine archive API returns (no re-slicing of big chunks)."""
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self._chunk = b""
+        self._offset = 0
+
+    def read(self, size=-1):
+        parts = []
+        while size != 0:
+            if self._offset >= len(self._chunk):
+                self._chunk = next(self._chunks, None)
+                self._offset = 0
+                if self._chunk is None:
+                    self._chunk = b""
+                    break
+            end = len(self._chunk) if size < 0 else min(len(self._chunk), self._offset + size)
+            parts.append(self._chunk[self._offset:end])
+            if size > 0:
+                size -= end - self._offset
+            self._offset = end
+        return b"".join(parts)
+
+
+class _HashingReader(object):
+    def __init__(self, handle, hasher):
+        self.handle = handle
+        self.hasher = hasher
+
+    def read(self, size=-1):
+        data = self.handle.read(size)
+        self.hasher.data(data)
+        return data
+
+
+def read_api(engine, container_id, names, sink):
+    """Read volumes through the archive API, rewriting them as one pax stream into ``sink`` (may be None)."""
+    out = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=STREAM_BUFFER) if sink is not None else None
+
+    def copy(archive, member):
+        if out is not None:
+            del out.members[:]  # the writer, too, would keep every TarInfo
+        if not member.isreg():
+            if out is not None:
+                out.addfile(member)
+            return None
+        hasher = ContentHasher()
+        reader = _HashingReader(archive.extractfile(member), hasher)
+        if out is not None:
+            out.addfile(member, reader)
+        else:
+            for block in iter(lambda: reader.read(READ), b""):
+                pass
+        if hasher.size != member.size:
+            raise BackupError("%s changed size while read through the Engine API: run again with stop_containers=true" % member.name)
+        return hasher.hexdigest()
+
+    summaries = {}
+    for name in names:
+        try:
+            chunks, unused = engine.api.get_archive(container_id, "/mm/%s" % name, chunk_size=READ)
+        except Exception as exc:
+            raise BackupError("cannot read volume %s through the Engine API: %s" % (name, exc))
+        summaries.update(scan_stream(_IterReader(chunks), volumes={name}, on_member=copy))
+    if out is not None:
+        out.close()
+    return summaries
+
+
+def volume_record(info):
+    return {
+        "name": info["Name"],
+        "driver": info.get("Driver") or "local",
+        "driver_options": info.get("Options") or {},
+        "labels": info.get("Labels") or {},
+    }
+
+
+def inspect_all(engine, names):
+    infos = []
+    for name in names:
+        info = engine.volume(name)
+        if info is None:
+            raise BackupError("volume %s does not exist on the engine: check the name (docker volume ls)" % name)
+        infos.append(info)
+    return infos
+
+
+def running_users(engine, names):
+    """{volume: [(id, name)]} of running containers that mount each volume."""
+    return dict((name, engine.containers_using(name)) for name in names)
+
+
+def _unique_containers(users):
+    seen = {}
+    for containers in users.values():
+        for container_id, name in containers:
+            seen[container_id] = name
+    return sorted(seen.items(), key=lambda item: item[1])
+
+
+def archive(engine, names, dest, environment, compression="gzip", mode="auto", stop_containers=False,
+            helper_image=DEFAULT_HELPER_IMAGE, check_mode=False):
+    check_volume_names(names)
+    if not names:
+        raise BackupError("volumes is empty: list the volumes to archive")
+    bs.check_environment(environment)
+    bs.archive_name(KIND, environment, bs.utc_now(), compression)
+    infos = inspect_all(engine, names)
+    mode = choose_mode(engine, infos, mode)
+    users = running_users(engine, names)
+    to_stop = _unique_containers(users) if stop_containers else []
+    warnings = []
+    if not stop_containers:
+        for name, containers in sorted(users.items()):
+            if containers:
+                warnings.append("volume %s is in use by running containers %s; the archive may not be consistent "
+                                "(set stop_containers=true)" % (name, ", ".join(c[1] for c in containers)))
+    result = {"mode": mode, "changed": True, "warnings": warnings,
+              "stopped_containers": [{"id": c[0], "name": c[1]} for c in to_stop]}
+    if check_mode:
+        result["volumes"] = [volume_record(info) for info in infos]
+        return result
+    if not os.path.isdir(dest):
+        os.makedirs(dest, 0o700)
+    stopped = []
+    with bs.backup_lock(dest, KIND, environment):
+        when = bs.utc_now()
+        path = os.path.join(dest, bs.archive_name(KIND, environment, when, compression))
+        if os.path.exists(path) or os.path.exists(bs.metadata_path(path)):
+            raise BackupError("%s already exists (two backups in the same second): run again" % path)
+        started = time.time()
+        target = bs.AtomicFile(path)
+        sink = None
+        try:
+            sink = bs.CompressedSink(target.handle, compression)
+            with containers_stopped(engine, to_stop, stopped):
+                if mode == "host":
+                    groups = [(os.path.dirname(os.path.dirname(host_mountpoint(info))), "%s/_data" % info["Name"]) for info in infos]
+                    summaries, race = read_host(host_create_command(groups), sink, names)
+                    warnings.extend(race)
+                else:
+                    with engine.helper(helper_image, names, read_only=True) as container_id:
+                        summaries = read_api(engine, container_id, names, sink)
+            size, digest = sink.close()
+            sink = None
+            target.commit()
+        except BaseException:
+            if sink is not None:
+                sink.abort()
+            target.discard()
+            raise
+        records = []
+        for info in infos:
+            record = volume_record(info)
+            record.update(summaries.get(info["Name"], {"files": 0, "size": 0, "sha256": None}))
+            record["stopped_containers"] = [c[1] for c in users[info["Name"]]] if stop_containers else []
+            records.append(record)
+        metadata = {
+            "format": bs.FORMAT_VERSION,
+            "kind": KIND,
+            "environment": environment,
+            "created": when.isoformat(),
+            "archive": os.path.basename(path),
+            "compression": compression,
+            "size": size,
+            "sha256": digest,
+            "read_mode": mode,
+            "volumes": records,
+            "stopped_containers": [entry["name"] for entry in stopped],
+            "warnings": warnings,
+        }
+        meta_path = bs.write_metadata(path, metadata)
+    result.update({
+        "archive": path, "metadata": meta_path, "size": size, "sha256": digest,
+        "duration": round(time.time() - started, 3), "volumes": records,
+        "stopped_containers": stopped,
+    })
+    return result
+
+
+@contextlib.contextmanager
+def decompressed(path, compression, digest=None):
+    """The archive's tar stream as a readable pipe; bytes read from disk are hashed into ``digest``.
+
+    A thread pumps the file so the sha256 is taken over exactly the bytes that
+    were decompressed (a file swapped after the checksum step is caught).
+    """
+    command = bs.decompressor_command(compression) or ["cat"]
+    errors = []
+    with _popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        def pump():
+            try:
+                with open(path, "rb") as handle:
+                    for block in iter(lambda: handle.read(READ), b""):
+                        if digest is not None:
+                            digest.update(block)
+                        proc.stdin.write(block)
+            except (OSError, ValueError) as exc:
+                errors.append(exc)
+            finally:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        thread = threading.Thread(target=pump)
+        thread.daemon = True
+        thread.start()
+        try:
+            yield proc.stdout
+        finally:
+            proc.stdout.close()
+            thread.join()
+    if errors and not isinstance(errors[0], BrokenPipeError):
+        raise BackupError("reading %s failed: %s" % (path, errors[0]))
+    if proc.returncode != 0:
+        raise BackupError("%s is damaged: %s failed (%s); use another backup" % (
+            os.path.basename(path), command[0], proc.stderr_text.strip().splitlines()[-1:] or proc.returncode))
+
+
+def scan_archive(backup, allow_devices=False, contents=True):
+    """Stream the whole archive once: every member safe, every volume's counts (and digest) equal to the metadata.
+
+    Restore passes ``contents=False``: the archive's sha256 already vouches for
+    its bytes and the extracted data is digested before it is swapped in, so
+    hashing the content here too would only cost time.
+    """
+    declared = [v["name"] for v in backup.metadata.get("volumes", [])]
+    check_volume_names(declared)
+    checker = SafetyChecker(declared, allow_devices=allow_devices)
+    with decompressed(backup.path, bs.compression_of(backup.name)) as stream:
+        reader = TeeReader(stream)
+        summaries = scan_stream(reader, checker=checker, contents=contents)
+        reader.drain()
+    keys = ("files", "size", "sha256") if contents else ("files", "size")
+    report = []
+    for record in backup.metadata["volumes"]:
+        found = summaries.get(record["name"], {"files": 0, "size": 0, "sha256": None})
+        problems = [key for key in keys if found[key] != record.get(key)]
+        if problems:
+            raise BackupError(
+                "%s: volume %s does not match its metadata (%s: archive has %s, metadata %s): the archive is damaged; "
+                "use another backup" % (backup.name, record["name"], problems[0], found[problems[0]], record.get(problems[0]))
+            )
+        entry = dict((key, found[key]) for key in keys)
+        entry["name"] = record["name"]
+        report.append(entry)
+    return report
+
+
+def verify(src, dest, environment, allow_devices=False, engine=None, mode="auto", helper_image=DEFAULT_HELPER_IMAGE):
+    """Checksum, member safety and content digests; with ``engine``, also a restore into scratch volumes."""
+    backup = bs.resolve_source(src, dest, KIND, environment)
+    result = {"archive": backup.path, "sha256": backup.metadata["sha256"], "volumes": scan_archive(backup, allow_devices)}
+    if engine is not None:
+        result["mode"] = scratch_check(engine, backup, mode, helper_image)
+    return result
+
+
+def _stage(backup, records, mountpoints, tag, staging_dirs, check=True):
+    """Extract the chosen volumes into ``<volume dir>/<tag>/<name>`` and (``check``) compare their content digests.
+
+    One extraction per filesystem (rename needs the same one); returns
+    {name: staged directory}.  ``staging_dirs`` collects what to remove.
+    """
+    groups = {}
+    for record in records:
+        groups.setdefault(os.stat(os.path.dirname(mountpoints[record["name"]])).st_dev, []).append(record)
+    staged = {}
+    for members in groups.values():
+        staging = os.path.join(os.path.dirname(mountpoints[members[0]["name"]]), tag)
+        os.mkdir(staging, 0o700)
+        staging_dirs.append(staging)
+        digest = hashlib.sha256()
+        names = [record["name"] for record in members]
+        with decompressed(backup.path, bs.compression_of(backup.name), digest) as stream:
+            with _popen(TAR_EXTRACT + ["-C", staging, "--"] + names, stdin=stream) as proc:
+                rc = proc.wait()
+        if rc != 0:
+            raise BackupError("extracting into %s failed (%s): the volumes were not changed" % (
+                staging, (proc.stderr_text.strip().splitlines() or ["exit %d" % rc])[-1]))
+        if digest.hexdigest() != backup.metadata["sha256"]:
+            raise BackupError("%s changed while being restored: the volumes were not changed; run again" % backup.name)
+        if check:
+            summaries, unused = read_host(host_create_command([(staging, name) for name in names], transform=False), None, names)
+        for record in members:
+            if check and summaries.get(record["name"], {}).get("sha256") != record["sha256"]:
+                raise BackupError("restored content of %s differs from the archive's metadata (damaged archive, or a "
+                                  "filesystem without xattr/ACL support): the volume was not changed" % record["name"])
+            staged[record["name"]] = os.path.join(staging, record["name"])
+    return staged
+
+
+def _host_restore(backup, records, infos, check=True):
+    """Extract the chosen volumes beside their data, check them, then swap directories.
+
+    Returns the replaced data directories: the caller deletes them once the
+    containers are running again, which keeps the downtime short.
+    """
+    tag = ".mm-restore-%d" % os.getpid()
+    mountpoints = dict((info["Name"], host_mountpoint(info)) for info in infos)
+    staging_dirs = []
+    try:
+        staged = _stage(backup, records, mountpoints, tag, staging_dirs, check)
+        swapped = []
+        try:
+            for record in records:
+                mountpoint = mountpoints[record["name"]]
+                os.rename(mountpoint, mountpoint + tag)
+                try:
+                    os.rename(staged[record["name"]], mountpoint)
+                except OSError:
+                    os.rename(mountpoint + tag, mountpoint)
+                    raise
+                swapped.append(mountpoint)
+        except OSError as exc:
+            for mountpoint in swapped:
+                os.rename(mountpoint, staged[os.path.basename(os.path.dirname(mountpoint))])
+                os.rename(mountpoint + tag, mountpoint)
+            raise BackupError("swapping restored data into place failed (%s): the volumes were not changed" % exc)
+        return [mountpoint + tag for mountpoint in swapped]
+    finally:
+        for staging in staging_dirs:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _api_put(engine, backup, records, helper_image, mounts, wipe):
+    """Stream the archive into the volumes with put_archive, then read them back and compare digests.
+
+    ``mounts`` is [(volume, archive name)]: each volume is mounted at
+    /mm/<archive name>.  Members of volumes not being restored land in the
+    helper's own filesystem and disappear with it, so the archive streams
+    through untouched.
+    """
+    names = [record["name"] for record in records]
+    digest = hashlib.sha256()
+    command = ["sh", "-c", WIPE_SCRIPT, "sh"] + names if wipe else None
+    with engine.helper(helper_image, mounts, read_only=False, command=command) as container_id:
+        if wipe:
+            engine.run_helper(container_id)
+        with decompressed(backup.path, bs.compression_of(backup.name), digest) as stream:
+            try:
+                ok = engine.api.put_archive(container_id, "/mm", stream)
+            except Exception as exc:
+                raise BackupError("the Engine refused the archive for %s: %s" % (", ".join(names), exc))
+        if not ok:
+            raise BackupError("the Engine refused the archive for %s" % ", ".join(names))
+        summaries = read_api(engine, container_id, names, None)
+    if digest.hexdigest() != backup.metadata["sha256"]:
+        raise BackupError("%s changed while being restored into %s: restore again from a good backup" % (backup.name, ", ".join(names)))
+    for record in records:
+        if summaries[record["name"]]["sha256"] != record["sha256"]:
+            raise BackupError("restored content of %s differs from the archive (API mode cannot restore xattrs/ACLs "
+                              "or the engine changed something): use mode=host on the Docker host" % record["name"])
+
+
+def scratch_check(engine, backup, mode="auto", helper_image=DEFAULT_HELPER_IMAGE):
+    """Restore every volume of the archive into fresh scratch volumes, compare content digests, remove them."""
+    records = backup.metadata["volumes"]
+    token = "mmverify-%d-%d" % (os.getpid(), int(time.time()))
+    scratch = []
+    try:
+        for number, record in enumerate(records):
+            scratch.append(engine.create_volume("%s-%d" % (token, number), "local", None, {"minimarket.backup.scratch": "1"}))
+        mode = choose_mode(engine, scratch, mode)
+        if mode == "host":
+            staging_dirs = []
+            mountpoints = dict((record["name"], host_mountpoint(info)) for record, info in zip(records, scratch))
+            try:
+                _stage(backup, records, mountpoints, ".mm-verify", staging_dirs)
+            finally:
+                for staging in staging_dirs:
+                    shutil.rmtree(staging, ignore_errors=True)
+        else:
+            mounts = [(info["Name"], record["name"]) for record, info in zip(records, scratch)]
+            _api_put(engine, backup, records, helper_image, mounts, wipe=False)
+    finally:
+        for info in scratch:
+            engine.remove_volume(info["Name"])
+    return mode
+
+
+def restore(engine, src, dest, environment, names=None, mode="auto", stop_containers=False,
+            helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False, check_mode=False, check_restored=True):
+    backup = bs.resolve_source(src, dest, KIND, environment)
+    available = [v["name"] for v in backup.metadata.get("volumes", [])]
+    if names:
+        check_volume_names(names)
+        missing = [name for name in names if name not in available]
+        if missing:
+            raise BackupError("%s does not hold volume(s) %s; it holds %s" % (backup.name, ", ".join(missing), ", ".join(available)))
+    else:
+        names = available
+    report = scan_archive(backup, allow_devices, contents=False)
+    records = [v for v in backup.metadata["volumes"] if v["name"] in names]
+    existing = dict((name, engine.volume(name)) for name in names)
+    users = running_users(engine, [name for name in names if existing[name] is not None])
+    busy = dict((name, c) for name, c in users.items() if c)
+    if busy and not stop_containers:
+        raise BackupError("volumes in use by running containers: %s; stop them or set stop_containers=true" % "; ".join(
+            "%s by %s" % (name, ", ".join(c[1] for c in containers)) for name, containers in sorted(busy.items())))
+    to_stop = _unique_containers(busy)
+    actions = dict((name, "replaced" if existing[name] is not None else "created") for name in names)
+    summary = dict((entry["name"], entry) for entry in report)
+    result = {"archive": backup.path, "changed": True, "stopped_containers": [{"id": c[0], "name": c[1]} for c in to_stop],
+              "volumes": [{"name": name, "action": actions[name], "files": summary[name]["files"],
+                           "size": summary[name]["size"]} for name in names]}
+    if check_mode:
+        result["mode"] = choose_mode(engine, [info for info in existing.values() if info is not None], mode)
+        return result
+    created = []
+    stopped = []
+    replaced = []
+    try:
+        for record in records:
+            if existing[record["name"]] is None:
+                existing[record["name"]] = engine.create_volume(
+                    record["name"], record.get("driver"), record.get("driver_options"), record.get("labels"))
+                created.append(record["name"])
+        infos = [existing[name] for name in names]
+        mode = choose_mode(engine, infos, mode)
+        result["mode"] = mode
+        started = time.time()
+        with containers_stopped(engine, to_stop, stopped):
+            if mode == "host":
+                replaced = _host_restore(backup, records, infos, check_restored)
+            else:
+                _api_put(engine, backup, records, helper_image, [(name, name) for name in names], wipe=True)
+    except BaseException:
+        for name in created:
+            engine.remove_volume(name)
+        raise
+    for path in replaced:
+        shutil.rmtree(path)
+    duration = round(time.time() - started, 3)
+    for entry in result["volumes"]:
+        entry["duration"] = duration
+    result["stopped_containers"] = stopped
+    return result

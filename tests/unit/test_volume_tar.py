@@ -1,0 +1,190 @@
+"""Pure logic of volume archives: content digests, member safety, GNU tar stderr, scanning."""
+import io
+import os
+import resource
+import subprocess
+import tarfile
+
+import pytest
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._volume_archive import _IterReader, classify_tar_stderr, check_volume_names
+from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import (
+    BLOCK,
+    ContentHasher,
+    SafetyChecker,
+    TeeReader,
+    scan_stream,
+)
+from tests.volume_fixtures import crafted_tar
+
+
+def digest_of(*parts):
+    hasher = ContentHasher()
+    for kind, value in parts:
+        if kind == "data":
+            hasher.data(value)
+        else:
+            hasher.hole(value)
+    return hasher.hexdigest()
+
+
+def test_hole_and_written_zeros_digest_alike_at_any_alignment():
+    payload = os.urandom(5000)
+    for lead in (0, 1, 4096, BLOCK - 1, BLOCK, 3 * BLOCK + 17):
+        dense = digest_of(("data", bytes(lead) + payload + bytes(2 * BLOCK + 5)))
+        sparse = digest_of(("hole", lead), ("data", payload), ("hole", 2 * BLOCK + 5))
+        chunked = digest_of(*[("data", bytes([b])) for b in (bytes(lead) + payload)[:300]],
+                            ("data", (bytes(lead) + payload)[300:]), ("hole", 2 * BLOCK + 5))
+        assert dense == sparse == chunked
+
+
+def test_digest_depends_on_content_position_and_size():
+    base = digest_of(("data", b"abc"))
+    assert base != digest_of(("data", b"abd"))
+    assert base != digest_of(("hole", 1), ("data", b"abc"))
+    assert base != digest_of(("data", b"abc"), ("hole", 1))
+    assert digest_of(("hole", 10)) != digest_of(("hole", 11))
+
+
+def test_huge_hole_is_cheap():
+    hasher = ContentHasher()
+    hasher.hole(1 << 40)
+    assert hasher.size == 1 << 40
+    assert len(hasher.hexdigest()) == 64
+
+
+def member(name, kind=tarfile.REGTYPE, linkname=""):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    return info
+
+
+@pytest.mark.parametrize("name,kind,linkname,why", [
+    ("/etc/passwd", tarfile.REGTYPE, "", "absolute"),
+    ("vol/../../etc/passwd", tarfile.REGTYPE, "", "'..'"),
+    ("vol/./x", tarfile.REGTYPE, "", "'.'"),
+    ("other/x", tarfile.REGTYPE, "", "outside the volume directories"),
+    ("vol/h", tarfile.LNKTYPE, "/etc/shadow", "absolute"),
+    ("vol/h", tarfile.LNKTYPE, "vol/../../etc/shadow", "'..'"),
+    ("vol/h", tarfile.LNKTYPE, "vol2/file", "another volume"),
+    ("vol/sda", tarfile.BLKTYPE, "", "device node"),
+    ("vol/null", tarfile.CHRTYPE, "", "device node"),
+    ("vol", tarfile.REGTYPE, "", "top-level entry must be a directory"),
+    ("vol/x", b"Z", "", "unsupported member type"),
+])
+def test_unsafe_members_are_refused(name, kind, linkname, why):
+    checker = SafetyChecker(["vol", "vol2"])
+    checker.check(member("vol", tarfile.DIRTYPE))
+    checker.check(member("vol2", tarfile.DIRTYPE))
+    checker.check(member("vol2/file"))
+    with pytest.raises(BackupError, match="unsafe.*%s" % why.replace("(", r"\(")):
+        checker.check(member(name, kind, linkname))
+
+
+def test_write_through_symlink_is_refused_even_nested():
+    checker = SafetyChecker(["vol"])
+    checker.check(member("vol", tarfile.DIRTYPE))
+    checker.check(member("vol/a", tarfile.SYMTYPE, "/etc"))
+    for name in ("vol/a/passwd", "vol/a/sub/file"):
+        with pytest.raises(BackupError, match="goes through the symlink vol/a"):
+            checker.check(member(name))
+    checker.check(member("vol/f"))
+    with pytest.raises(BackupError, match="hard-link target goes through the symlink"):
+        checker.check(member("vol/h", tarfile.LNKTYPE, "vol/a/passwd"))
+    with pytest.raises(BackupError, match="replaces the earlier symlink vol/a"):
+        checker.check(member("vol/a", tarfile.DIRTYPE))
+    # a hard link to a symlink is a symlink too
+    checker.check(member("vol/alias", tarfile.LNKTYPE, "vol/a"))
+    with pytest.raises(BackupError, match="goes through the symlink vol/alias"):
+        checker.check(member("vol/alias/passwd"))
+
+
+def test_legitimate_members_pass_and_devices_when_allowed():
+    checker = SafetyChecker(["vol"], allow_devices=True)
+    for info in (member("vol", tarfile.DIRTYPE), member("vol/abs", tarfile.SYMTYPE, "/etc/passwd"),
+                 member("vol/up", tarfile.SYMTYPE, "../../x"), member("vol/f"), member("vol/h", tarfile.LNKTYPE, "vol/f"),
+                 member("vol/fifo", tarfile.FIFOTYPE), member("vol/null", tarfile.CHRTYPE), member("vol/" + "ñ" * 75)):
+        checker.check(info)
+
+
+def test_scan_stream_counts_and_digests_per_volume():
+    data = crafted_tar([
+        ({"name": "v1", "type": tarfile.DIRTYPE, "mode": 0o700}, None),
+        ({"name": "v1/a", "uid": 999, "gid": 999}, b"hello"),
+        ({"name": "v1/b", "type": tarfile.LNKTYPE, "linkname": "v1/a"}, None),
+        ({"name": "v2", "type": tarfile.DIRTYPE}, None),
+        ({"name": "v2/c"}, b"x" * 100000),
+    ])
+    found = scan_stream(io.BytesIO(data), checker=SafetyChecker(["v1", "v2"]))
+    assert found["v1"]["files"] == 2 and found["v1"]["size"] == 5
+    assert found["v2"]["files"] == 1 and found["v2"]["size"] == 100000
+    changed = data.replace(b"hello", b"hellO")
+    assert scan_stream(io.BytesIO(changed))["v1"]["sha256"] != found["v1"]["sha256"]
+    assert scan_stream(io.BytesIO(changed))["v2"] == found["v2"]
+
+
+def test_scan_stream_reports_truncation():
+    data = crafted_tar([({"name": "v1", "type": tarfile.DIRTYPE}, None), ({"name": "v1/big"}, os.urandom(200000))])
+    with pytest.raises(BackupError, match="v1/big is truncated"):
+        scan_stream(io.BytesIO(data[:100000]))
+
+
+def test_tee_reader_copies_exactly_what_gnu_tar_wrote(tmp_path):
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "f").write_bytes(os.urandom(70000))
+    raw = subprocess.run(["tar", "--format=posix", "-C", str(tmp_path), "-cf", "-", "v"], stdout=subprocess.PIPE, check=True).stdout
+    sink = io.BytesIO()
+    reader = TeeReader(io.BytesIO(raw), sink)
+    found = scan_stream(reader)
+    reader.drain()
+    assert sink.getvalue() == raw
+    assert found["v"]["files"] == 1 and found["v"]["size"] == 70000
+
+
+def test_gnu_tar_race_messages_are_warnings_and_others_errors():
+    warnings, errors = classify_tar_stderr(
+        "tar: mm/_data/log.txt: file changed as we read it\n"
+        "tar: mm/_data/tmp.1: File removed before we read it\n"
+        "tar: mm/_data/x: Cannot open: Permission denied\n"
+        "tar: Exiting with failure status due to previous errors\n"
+    )
+    assert [w.split(":")[0] for w in warnings] == ["mm/_data/log.txt", "mm/_data/tmp.1"]
+    assert errors == ["tar: mm/_data/x: Cannot open: Permission denied"]
+
+
+@pytest.mark.parametrize("names", [["ok", "../etc"], ["a"], ["ok", "ok"], [""]])
+def test_bad_volume_names(names):
+    with pytest.raises(BackupError):
+        check_volume_names(names)
+
+
+@pytest.mark.parametrize("size", [1, 512, 65536, 3000000, -1])
+def test_engine_chunk_reader_returns_the_exact_stream(size):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    reader = _IterReader([data[i:i + 1048576] for i in range(0, len(data), 1048576)])
+    parts = []
+    for block in iter(lambda: reader.read(size), b""):
+        parts.append(block)
+        if size == 1 and len(parts) == 1000:
+            parts.append(reader.read(-1))
+    assert b"".join(parts) == data
+
+
+def test_scanning_many_members_keeps_memory_flat():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        top = tarfile.TarInfo("v")
+        top.type = tarfile.DIRTYPE
+        archive.addfile(top)
+        for number in range(60000):
+            info = tarfile.TarInfo("v/f%06d" % number)
+            info.size = 1
+            archive.addfile(info, io.BytesIO(b"x"))
+    data = buf.getvalue()
+    del buf
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert scan_stream(io.BytesIO(data), checker=SafetyChecker(["v"]))["v"]["files"] == 60000
+    # tarfile alone would keep 60000 TarInfo objects (about 60 MB)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 15 * 1024
