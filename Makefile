@@ -65,7 +65,8 @@ scenarios: setup
 	$(BIN)/pytest tests/scenarios
 
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_pg_split_dump.py --rows $${PG_BENCH_ROWS:-1800000}
+	$(BIN)/python bench/bench_docker_volume_archive.py --size-mb $${VOLUME_BENCH_MB:-2000}
 
 build: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path build/
