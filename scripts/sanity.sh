@@ -17,6 +17,6 @@ cp "$root/scripts/ansible-test-get-pip.py" "$HOME/.ansible/test/cache/get_pip_${
 
 rm -rf "$work"
 mkdir -p "$dest"
-(cd "$root" && git ls-files -co --exclude-standard -z) | rsync -a --from0 --files-from=- "$root/" "$dest/"
+(cd "$root" && git ls-files -co --exclude-standard -z) | rsync -a --ignore-missing-args --from0 --files-from=- "$root/" "$dest/"
 cd "$dest"
 exec "$venv/bin/ansible-test" sanity --python 3.11 --color no "$@"

@@ -4,6 +4,7 @@ These need neither the stack nor backups: every refusal happens before the first
 """
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -129,22 +130,117 @@ def test_schedule_check_mode_shows_the_jobs_and_writes_nothing(tmp_path):
         assert any(schedule in line and "playbooks/" + playbook in line and "flock" in line for line in out.splitlines()), out
 
 
-def documented_commands():
-    commands = []
-    for doc in ("docs/es/operaciones.md", "docs/awx.md"):
-        in_shell = False
-        for line in open(os.path.join(ROOT, doc), encoding="utf-8"):
-            if line.startswith("```"):
-                in_shell = line.strip() == "```bash"
-            elif in_shell and line.startswith("ansible-playbook "):
-                commands.append((doc, line.strip()))
+GUIDE = "docs/guia-backup.es.md"
+DOCUMENTED = (GUIDE, "docs/awx.md")
+# The shop's guide's sections in its order, plus ours: the operator finds everything where it used to be.
+GUIDE_SECTIONS = [
+    "Índice", "Introducción", "Estructura de Directorios", "Playbooks disponibles", "Procedimiento de Backup",
+    "Backup de Base de Datos", "Backup de Volúmenes Docker", "Procedimiento de Restauración",
+    "Restauración de Base de Datos", "Restauración de Volúmenes Docker", "Automatización", "Políticas de Retención",
+    "Verificación de Backups", "Escenarios de Recuperación", "Escenario 1: Recuperación de la base de datos",
+    "Escenario 2: Recuperación completa del sistema", "Qué cambió respecto de la guía anterior y por qué",
+    "Preguntas Frecuentes", "Información Adicional",
+]
+
+
+def shell_commands(doc):
+    """The commands of a doc's bash blocks as an operator pastes them (backslash continuations joined)."""
+    commands, in_shell, pending = [], False, ""
+    for line in open(os.path.join(ROOT, doc), encoding="utf-8"):
+        if line.startswith("```"):
+            in_shell, pending = line.strip() == "```bash", ""
+        elif in_shell:
+            text = line.strip()
+            if text.endswith("\\"):
+                pending += text[:-1].strip() + " "
+                continue
+            command, pending = (pending + text).strip(), ""
+            if command and not command.startswith("#"):
+                commands.append(command)
     return commands
 
 
+def documented_commands():
+    return [(doc, command) for doc in DOCUMENTED for command in shell_commands(doc) if command.startswith("ansible-playbook ")]
+
+
+def documented_adhoc_commands():
+    return [(doc, command) for doc in DOCUMENTED for command in shell_commands(doc) if command.startswith("ansible ")]
+
+
+def module_docs(name):
+    """The module's documentation as ansible-doc parses it from DOCUMENTATION ({} when there is no such module)."""
+    proc = ansible("ansible-doc", "--json", name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout or "{}").get(name, {}).get("doc", {})
+
+
+def headings(text):
+    """Markdown headings outside code blocks."""
+    found, in_code = [], False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif line.startswith("#") and not in_code:
+            found.append(line.lstrip("#").strip())
+    return found
+
+
+def test_the_guide_follows_the_shops_guide():
+    titles = headings(open(os.path.join(ROOT, GUIDE), encoding="utf-8").read())
+    missing = [section for section in GUIDE_SECTIONS if section not in titles]
+    assert not missing, missing
+    positions = [titles.index(section) for section in GUIDE_SECTIONS]
+    assert positions == sorted(positions), titles
+
+
+@pytest.mark.parametrize("doc", [GUIDE, "docs/README.md"])
+def test_the_guide_links_resolve(doc):
+    """Relative links name existing files; the guide's own #anchors name its headings (GitHub slugs)."""
+    text = open(os.path.join(ROOT, doc), encoding="utf-8").read()
+    slugs = {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings(text)}
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert links
+    for link in links:
+        if link.startswith("#"):
+            assert link[1:] in slugs, link
+        else:
+            assert os.path.exists(os.path.normpath(os.path.join(ROOT, os.path.dirname(doc), link.split("#")[0]))), link
+
+
 def test_the_guide_documents_every_playbook():
-    documented = " ".join(command for doc, command in documented_commands())
+    documented = " ".join(command for doc, command in documented_commands() if doc == GUIDE)
     for name in PLAYBOOKS:
         assert "playbooks/%s" % name in documented, name
+
+
+def test_the_guide_checks_a_backup_with_each_module_by_hand():
+    documented = " ".join(command for doc, command in documented_adhoc_commands() if doc == GUIDE)
+    for name in ("pg_split_dump", "docker_volume_archive", "backup_prune"):
+        assert "-m minimarket.backup.%s " % name in documented, name
+
+
+@pytest.mark.parametrize("doc,command", documented_adhoc_commands())
+def test_documented_adhoc_command_uses_documented_options(doc, command):
+    """An ad-hoc command names an existing module, its required options, and only documented options and choices."""
+    args = shlex.split(command)
+    module = args[args.index("-m") + 1]
+    docs = module_docs(module)
+    assert docs, "%s: %s: no module %s (ansible-doc)" % (doc, command, module)
+    spec = {}
+    for option, option_spec in docs.get("options", {}).items():
+        for name in [option] + option_spec.get("aliases", []):
+            spec[name] = option_spec
+    given = set()
+    for token in shlex.split(args[args.index("-a") + 1]) if "-a" in args else []:
+        key, sep, value = token.partition("=")
+        assert sep, "%s: %s: %r is not key=value" % (doc, command, token)
+        assert key in spec, "%s: %s: %s is not an option of %s (options: %s)" % (doc, command, key, module, sorted(spec))
+        choices = spec[key].get("choices")
+        assert not choices or value in [str(choice) for choice in choices], "%s: %s: %s=%s not in %s" % (doc, command, key, value, choices)
+        given.add(key)
+    missing = [option for option, option_spec in docs.get("options", {}).items() if option_spec.get("required") and option not in given]
+    assert not missing, "%s: %s: required option(s) %s missing" % (doc, command, missing)
 
 
 @pytest.mark.parametrize("doc,command", documented_commands())
@@ -157,6 +253,14 @@ def test_documented_command_runs_as_written(doc, command):
     assert len(playbook) == 1 and os.path.isfile(os.path.join(ROOT, playbook[0])), command
     proc = ansible("ansible-playbook", "--syntax-check", *args[1:])
     assert proc.returncode == 0, "%s: %s\n%s" % (doc, command, proc.stdout + proc.stderr)
+    # A misspelt extra variable passes syntax-check and is silently ignored: each one must be read somewhere.
+    sources = [os.path.join(ROOT, playbook[0])] + [os.path.join(ROOT, "roles", role, "defaults", "main.yml")
+                                                   for role in os.listdir(os.path.join(ROOT, "roles"))]
+    read = "".join(open(path, encoding="utf-8").read() for path in sources if os.path.isfile(path))
+    for flag, value in zip(args, args[1:]):
+        if flag in ("-e", "--extra-vars"):
+            for name in json.loads(value) if value.startswith("{") else [value.partition("=")[0]]:
+                assert re.search(r"\{\{[^}]*\b%s\b" % re.escape(name), read), "%s: %s: -e %s is read by no playbook or role" % (doc, command, name)
 
 
 FAKE_DOCKER = """#!/bin/sh
