@@ -49,14 +49,15 @@ def test_collection_builds_and_installs(tmp_path):
         names = archive.getnames()
     assert "plugins/modules/pg_split_dump.py" in names
     assert not [n for n in names if n.startswith((".venv", ".collections", ".git/"))]
+    # A bare configuration: the checkout's ansible.cfg would find the collection through .collections.
     install_dir = tmp_path / "installed"
-    proc = run([os.path.join(BIN, "ansible-galaxy"), "collection", "install", "--offline", "-p", str(install_dir), str(tarball)])
+    bare_config = tmp_path / "ansible.cfg"
+    bare_config.write_text("[defaults]\n")
+    elsewhere = {"ANSIBLE_CONFIG": str(bare_config), "ANSIBLE_COLLECTIONS_PATH": str(install_dir)}
+    proc = run([os.path.join(BIN, "ansible-galaxy"), "collection", "install", "--offline", "-p", str(install_dir), str(tarball)],
+               cwd=str(tmp_path), env=elsewhere)
     assert_ok(proc)
-    proc = run(
-        [os.path.join(BIN, "ansible-doc"), "-t", "module", "--list", "minimarket.backup"],
-        cwd=str(tmp_path),
-        env={"ANSIBLE_CONFIG": os.devnull, "ANSIBLE_COLLECTIONS_PATH": str(install_dir)},
-    )
+    proc = run([os.path.join(BIN, "ansible-doc"), "-t", "module", "--list", "minimarket.backup"], cwd=str(tmp_path), env=elsewhere)
     assert_ok(proc)
     for module in MODULES:
         assert "minimarket.backup." + module in proc.stdout
