@@ -4,7 +4,7 @@
 # Idempotent: on a host that already has what it needs it changes nothing.
 set -euo pipefail
 
-PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz acl attr rsync shellcheck cron logrotate python3-venv)
+PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz acl attr rsync shellcheck cron logrotate python3-venv prometheus)
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/minimarket-dockerd.log}
 
 die() { echo "bootstrap-host: $*" >&2; exit 1; }
@@ -12,7 +12,7 @@ die() { echo "bootstrap-host: $*" >&2; exit 1; }
 missing=()
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
-for tool in debootstrap zstd pigz setfacl setfattr rsync shellcheck logrotate; do
+for tool in debootstrap zstd pigz setfacl setfattr rsync shellcheck logrotate promtool; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 /usr/bin/python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)

@@ -1,0 +1,159 @@
+#!/usr/bin/python
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+
+DOCUMENTATION = r"""
+---
+module: backup_metrics
+short_description: Record a backup run in a Prometheus textfile-collector file
+version_added: 0.1.0
+description:
+  - Writes the health of the backups of one environment to C(<textfile_dir>/minimarket_backup_<environment>.prom), the
+    format the node_exporter textfile collector reads, so the stack's own Prometheus and Grafana can alert on and show it.
+  - Metrics, per O(kind) and O(environment) labels, all gauges with C(HELP) and C(TYPE) lines
+    C(minimarket_backup_last_success_timestamp_seconds), C(minimarket_backup_last_failure_timestamp_seconds),
+    C(minimarket_backup_last_duration_seconds), C(minimarket_backup_last_size_bytes) (successful runs only) and
+    C(minimarket_backup_last_verification_ok) (V(1) or V(0)). A timestamp never recorded is V(0), so an alert on the age of
+    the last success also fires for a backup that never succeeded.
+  - The existing file is read first and only the series of this O(kind) are changed, so the last success survives later
+    failures and the other kinds are kept. Lines that are not ours are dropped with a warning.
+  - The file is replaced atomically (written as C(.partial), then renamed) with mode C(0644), under an exclusive lock on the
+    directory, so a scrape never sees a half-written file and concurrent runs do not lose each other's update.
+author:
+  - Mini Market operations (!UNKNOWN)
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: full
+  idempotent:
+    description:
+      - Every run records a new timestamp, so the file always changes; run it once per backup run.
+    support: none
+options:
+  textfile_dir:
+    description:
+      - Directory read by the node_exporter textfile collector (C(--collector.textfile.directory)), for example
+        C(/var/lib/prometheus/node-exporter) on Debian. It must exist (in check mode a missing directory only predicts the
+        file).
+    type: path
+    required: true
+  kind:
+    description:
+      - What ran.
+    type: str
+    required: true
+    choices: [database, volumes, verify]
+  environment:
+    description:
+      - Environment name (letters, digits and C(-)), the C(environment) label.
+    type: str
+    required: true
+  status:
+    description:
+      - Outcome of the run. V(success) sets the last success timestamp (and the size), V(failure) the last failure
+        timestamp; a failed O(kind=verify) also sets the verification to V(0).
+    type: str
+    required: true
+    choices: [success, failure]
+  duration:
+    description:
+      - Duration of the run in seconds.
+    type: float
+  size:
+    description:
+      - Size in bytes of the archive written (ignored when O(status=failure)).
+    type: int
+  verified:
+    description:
+      - Whether the verification passed; sets C(minimarket_backup_last_verification_ok).
+    type: bool
+  timestamp:
+    description:
+      - Unix time of the run; defaults to now.
+    type: float
+"""
+
+EXAMPLES = r"""
+- name: Record a successful database backup
+  minimarket.backup.backup_metrics:
+    textfile_dir: /var/lib/prometheus/node-exporter
+    kind: database
+    environment: production
+    status: success
+    duration: "{{ database_backup_result.duration }}"
+    size: "{{ database_backup_result.size }}"
+
+- name: Record a failed verification
+  minimarket.backup.backup_metrics:
+    textfile_dir: /var/lib/prometheus/node-exporter
+    kind: verify
+    environment: production
+    status: failure
+    verified: false
+"""
+
+RETURN = r"""
+path:
+  description: The file written (or that would be written in check mode).
+  returned: always
+  type: str
+  sample: /var/lib/prometheus/node-exporter/minimarket_backup_production.prom
+metrics:
+  description: The samples of this kind and environment after the run, by metric name without the C(minimarket_backup_) prefix.
+  returned: always
+  type: dict
+  sample:
+    last_success_timestamp_seconds: 1790000000
+    last_failure_timestamp_seconds: 0
+    last_duration_seconds: 12.5
+    last_size_bytes: 104857600
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._metrics import file_name, update_file
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            textfile_dir=dict(type="path", required=True),
+            kind=dict(type="str", required=True, choices=["database", "volumes", "verify"]),
+            environment=dict(type="str", required=True),
+            status=dict(type="str", required=True, choices=["success", "failure"]),
+            duration=dict(type="float"),
+            size=dict(type="int"),
+            verified=dict(type="bool"),
+            timestamp=dict(type="float"),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        path = os.path.join(params["textfile_dir"], file_name(params["environment"]))
+        before, after, samples, ignored = update_file(
+            path, params["kind"], params["environment"], params["status"], timestamp=params["timestamp"],
+            duration=params["duration"], size=params["size"], verified=params["verified"], write=not module.check_mode,
+        )
+    except BackupError as exc:
+        module.fail_json(msg=str(exc))
+    if ignored:
+        module.warn("dropped %d line(s) of %s that are not minimarket_backup metrics" % (ignored, path))
+    output = dict(changed=True, path=path, metrics=samples)
+    if module._diff:
+        output["diff"] = dict(before_header=path, after_header=path, before=before, after=after)
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()
