@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
-MODULES = ["backup_prune", "docker_volume_archive", "pg_split_dump"]
+MODULES = ["backup_metrics", "backup_prune", "docker_volume_archive", "pg_split_dump"]
 
 
 def run(args, **kwargs):
