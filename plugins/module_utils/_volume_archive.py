@@ -14,7 +14,9 @@ top-level directory per volume):
   no xattrs except ``security.capability`` and stores sparse files densely.
 
 Python parses every stream once, for the content digests and (on restore)
-the safety checks made before anything is written.
+the safety checks made before anything is written.  A host-mode restore
+decompresses the archive once: each member is checked before its bytes are
+forwarded to the GNU tar that extracts it beside the data.
 """
 
 import contextlib
@@ -36,7 +38,9 @@ from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar impo
     STREAM_BUFFER,
     ContentHasher,
     SafetyChecker,
+    TarSink,
     TeeReader,
+    extract_stream,
     scan_stream,
 )
 
@@ -112,6 +116,7 @@ def _popen(command, **kwargs):
     """Popen (not run_command) because the data streams through while it runs."""
     stderr = tempfile.TemporaryFile()
     proc = subprocess.Popen(command, stderr=stderr, **kwargs)
+    proc.stderr_file = stderr
     try:
         yield proc
     except BaseException:
@@ -135,11 +140,11 @@ def host_create_command(groups, transform=True):
     return command
 
 
-def read_host(command, sink, volumes):
+def read_host(command, sink, volumes, contents=True):
     """Run GNU tar, copy its stream into ``sink`` and digest it; returns (summaries, warnings)."""
     with _popen(command, stdout=subprocess.PIPE) as proc:
         reader = TeeReader(proc.stdout, sink)
-        summaries = scan_stream(reader, volumes=set(volumes))
+        summaries = scan_stream(reader, volumes=set(volumes), contents=contents)
         reader.drain()
         rc = proc.wait()
     warnings, errors = classify_tar_stderr(proc.stderr_text)
@@ -398,49 +403,109 @@ def scan_archive(backup, allow_devices=False, contents=True):
 
 
 def verify(src, dest, environment, allow_devices=False, engine=None, mode="auto", helper_image=DEFAULT_HELPER_IMAGE):
-    """Checksum, member safety and content digests; with ``engine``, also a restore into scratch volumes."""
+    """Checksum, member safety and content digests; with ``engine``, also a restore into scratch volumes.
+
+    A host-mode scratch restore makes every check of the plain scan in the
+    same pass, so the archive is not decompressed twice.
+    """
     backup = bs.resolve_source(src, dest, KIND, environment)
-    result = {"archive": backup.path, "sha256": backup.metadata["sha256"], "volumes": scan_archive(backup, allow_devices)}
-    if engine is not None:
-        result["mode"] = scratch_check(engine, backup, mode, helper_image)
+    result = {"archive": backup.path, "sha256": backup.metadata["sha256"]}
+    if engine is None:
+        result["volumes"] = scan_archive(backup, allow_devices)
+    else:
+        result["mode"], result["volumes"] = scratch_check(engine, backup, mode, helper_image, allow_devices)
     return result
 
 
-def _stage(backup, records, mountpoints, tag, staging_dirs, check=True):
-    """Extract the chosen volumes into ``<volume dir>/<tag>/<name>`` and (``check``) compare their content digests.
+def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False, check=True):
+    """Extract the chosen volumes into ``<volume dir>/<tag>/<name>``, decompressing the archive once.
 
-    One extraction per filesystem (rename needs the same one); returns
-    {name: staged directory}.  ``staging_dirs`` collects what to remove.
+    Python parses the stream, checks each member, then forwards its bytes to
+    the GNU tar of that volume's filesystem (rename needs the same one): an
+    unsafe member never reaches tar.  The archive's sha256 and each volume's
+    counts and content digest come from the same pass and must equal the
+    metadata; ``check`` then reads the staged tree back (names, types, modes,
+    owners, mtimes, sizes, links, xattrs, ACLs: what a filesystem can drop
+    silently; the bytes are vouched for by the digest and tar's exit status).
+    Returns ({name: staged directory}, report); ``staging_dirs`` collects what to remove.
     """
+    declared = [v["name"] for v in backup.metadata.get("volumes", [])]
+    check_volume_names(declared)
+    checker = SafetyChecker(declared, allow_devices=allow_devices)
     groups = {}
     for record in records:
-        groups.setdefault(os.stat(os.path.dirname(mountpoints[record["name"]])).st_dev, []).append(record)
-    staged = {}
-    for members in groups.values():
-        staging = os.path.join(os.path.dirname(mountpoints[members[0]["name"]]), tag)
-        os.mkdir(staging, 0o700)
-        staging_dirs.append(staging)
-        digest = hashlib.sha256()
-        names = [record["name"] for record in members]
-        with decompressed(backup.path, bs.compression_of(backup.name), digest) as stream:
-            with _popen(TAR_EXTRACT + ["-C", staging, "--"] + names, stdin=stream) as proc:
-                rc = proc.wait()
-        if rc != 0:
+        groups.setdefault(os.stat(os.path.dirname(mountpoints[record["name"]])).st_dev, []).append(record["name"])
+    digest = hashlib.sha256()
+    extractions = []
+    sinks = {}
+    with contextlib.ExitStack() as stack:
+        for names in groups.values():
+            staging = os.path.join(os.path.dirname(mountpoints[names[0]]), tag)
+            os.mkdir(staging, 0o700)
+            staging_dirs.append(staging)
+            proc = stack.enter_context(_popen(TAR_EXTRACT + ["-C", staging, "--"] + names, stdin=subprocess.PIPE))
+            sink = TarSink(proc.stdin)
+            extractions.append((staging, proc, sink, names))
+            sinks.update((name, sink) for name in names)
+        stream = stack.enter_context(decompressed(backup.path, bs.compression_of(backup.name), digest))
+        try:
+            summaries = extract_stream(stream, checker, sinks)
+            for extraction in extractions:
+                extraction[2].close()
+        except BrokenPipeError:
+            dead = [(staging, proc) for staging, proc, sink, unused in extractions if sink.broken]
+            for unused, proc in dead:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
+            raise BackupError("GNU tar stopped while extracting into %s (%s): the volumes were not changed" % (
+                ", ".join(staging for staging, unused in dead) or "the staging directory",
+                "; ".join(_last_line(proc) for unused, proc in dead) or "broken pipe"))
+    for staging, proc, unused_sink, unused_names in extractions:
+        if proc.returncode != 0:
             raise BackupError("extracting into %s failed (%s): the volumes were not changed" % (
-                staging, (proc.stderr_text.strip().splitlines() or ["exit %d" % rc])[-1]))
-        if digest.hexdigest() != backup.metadata["sha256"]:
-            raise BackupError("%s changed while being restored: the volumes were not changed; run again" % backup.name)
+                staging, (proc.stderr_text.strip().splitlines() or ["exit %d" % proc.returncode])[-1]))
+    if digest.hexdigest() != backup.metadata["sha256"]:
+        raise BackupError("%s changed while being restored: the volumes were not changed; run again" % backup.name)
+    report = _compare(backup, summaries, [record["name"] for record in records])
+    staged = {}
+    for staging, unused_proc, unused_sink, names in extractions:
         if check:
-            summaries, unused = read_host(host_create_command([(staging, name) for name in names], transform=False), None, names)
-        for record in members:
-            if check and summaries.get(record["name"], {}).get("sha256") != record["sha256"]:
-                raise BackupError("restored content of %s differs from the archive's metadata (damaged archive, or a "
-                                  "filesystem without xattr/ACL support): the volume was not changed" % record["name"])
-            staged[record["name"]] = os.path.join(staging, record["name"])
-    return staged
+            found, unused = read_host(host_create_command([(staging, name) for name in names], transform=False), None, names, contents=False)
+            for name in names:
+                if found.get(name, {}).get("sha256") != summaries[name]["layout"]:
+                    raise BackupError("restored content of %s differs from the archive's metadata (a filesystem without "
+                                      "xattr/ACL support, or it changed while restored): the volume was not changed" % name)
+        staged.update((name, os.path.join(staging, name)) for name in names)
+    return staged, report
 
 
-def _host_restore(backup, records, infos, check=True):
+def _last_line(proc):
+    proc.stderr_file.seek(0)
+    lines = proc.stderr_file.read().decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else "exit %d" % proc.returncode
+
+
+def _compare(backup, summaries, hashed):
+    """Each volume's counts (and, for ``hashed`` volumes, content digest) against the metadata; the report."""
+    report = []
+    for record in backup.metadata["volumes"]:
+        found = summaries.get(record["name"], {"files": 0, "size": 0, "sha256": None})
+        for key in ("files", "size"):
+            if found[key] != record.get(key):
+                raise BackupError(
+                    "%s: volume %s does not match its metadata (%s: archive has %s, metadata %s): the archive is damaged; "
+                    "use another backup; the volumes were not changed" % (backup.name, record["name"], key, found[key], record.get(key)))
+        if record["name"] in hashed and found["sha256"] != record.get("sha256"):
+            raise BackupError("restored content of %s differs from the archive's metadata (the archive is damaged or was "
+                              "tampered with): the volume was not changed" % record["name"])
+        entry = {"name": record["name"], "files": found["files"], "size": found["size"]}
+        if record["name"] in hashed:
+            entry["sha256"] = found["sha256"]
+        report.append(entry)
+    return report
+
+
+def _host_restore(backup, records, infos, allow_devices=False, check=True):
     """Extract the chosen volumes beside their data, check them, then swap directories.
 
     Returns the replaced data directories: the caller deletes them once the
@@ -450,7 +515,7 @@ def _host_restore(backup, records, infos, check=True):
     mountpoints = dict((info["Name"], host_mountpoint(info)) for info in infos)
     staging_dirs = []
     try:
-        staged = _stage(backup, records, mountpoints, tag, staging_dirs, check)
+        staged, unused = _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices, check)
         swapped = []
         try:
             for record in records:
@@ -503,8 +568,11 @@ def _api_put(engine, backup, records, helper_image, mounts, wipe):
                               "or the engine changed something): use mode=host on the Docker host" % record["name"])
 
 
-def scratch_check(engine, backup, mode="auto", helper_image=DEFAULT_HELPER_IMAGE):
-    """Restore every volume of the archive into fresh scratch volumes, compare content digests, remove them."""
+def scratch_check(engine, backup, mode="auto", helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False):
+    """Restore every volume of the archive into fresh scratch volumes, compare content digests, remove them.
+
+    Returns (mode, per-volume report).
+    """
     records = backup.metadata["volumes"]
     token = "mmverify-%d-%d" % (os.getpid(), int(time.time()))
     scratch = []
@@ -516,17 +584,18 @@ def scratch_check(engine, backup, mode="auto", helper_image=DEFAULT_HELPER_IMAGE
             staging_dirs = []
             mountpoints = dict((record["name"], host_mountpoint(info)) for record, info in zip(records, scratch))
             try:
-                _stage(backup, records, mountpoints, ".mm-verify", staging_dirs)
+                unused, report = _stage(backup, records, mountpoints, ".mm-verify", staging_dirs, allow_devices)
             finally:
                 for staging in staging_dirs:
                     shutil.rmtree(staging, ignore_errors=True)
         else:
+            report = scan_archive(backup, allow_devices)
             mounts = [(info["Name"], record["name"]) for record, info in zip(records, scratch)]
             _api_put(engine, backup, records, helper_image, mounts, wipe=False)
     finally:
         for info in scratch:
             engine.remove_volume(info["Name"])
-    return mode
+    return mode, report
 
 
 def restore(engine, src, dest, environment, names=None, mode="auto", stop_containers=False,
@@ -540,7 +609,12 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
             raise BackupError("%s does not hold volume(s) %s; it holds %s" % (backup.name, ", ".join(missing), ", ".join(available)))
     else:
         names = available
-    report = scan_archive(backup, allow_devices, contents=False)
+    check_volume_names(available)
+    # Host mode checks every member in its one extraction pass; check mode and API mode (which
+    # empties the volume before streaming) need the whole archive checked first.
+    report = None
+    if check_mode or mode == "api" or not engine.local:
+        report = scan_archive(backup, allow_devices, contents=False)
     records = [v for v in backup.metadata["volumes"] if v["name"] in names]
     existing = dict((name, engine.volume(name)) for name in names)
     users = running_users(engine, [name for name in names if existing[name] is not None])
@@ -550,7 +624,7 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
             "%s by %s" % (name, ", ".join(c[1] for c in containers)) for name, containers in sorted(busy.items())))
     to_stop = _unique_containers(busy)
     actions = dict((name, "replaced" if existing[name] is not None else "created") for name in names)
-    summary = dict((entry["name"], entry) for entry in report)
+    summary = dict((entry["name"], entry) for entry in report or backup.metadata["volumes"])
     result = {"archive": backup.path, "changed": True, "stopped_containers": [{"id": c[0], "name": c[1]} for c in to_stop],
               "volumes": [{"name": name, "action": actions[name], "files": summary[name]["files"],
                            "size": summary[name]["size"]} for name in names]}
@@ -572,8 +646,10 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
         started = time.time()
         with containers_stopped(engine, to_stop, stopped):
             if mode == "host":
-                replaced = _host_restore(backup, records, infos, check_restored)
+                replaced = _host_restore(backup, records, infos, allow_devices, check_restored)
             else:
+                if report is None:
+                    scan_archive(backup, allow_devices, contents=False)
                 _api_put(engine, backup, records, helper_image, [(name, name) for name in names], wipe=True)
     except BaseException:
         for name in created:

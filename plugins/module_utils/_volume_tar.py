@@ -20,6 +20,7 @@ run of written zeros give the same digest, and a 2 GiB hole costs nothing.
 because this Python's ``tarfile`` filters predate the 2025 bypass fixes.
 """
 
+import collections
 import hashlib
 import tarfile
 
@@ -164,13 +165,19 @@ def volume_of(name):
 
 
 class VolumeDigest(object):
-    """Running totals for one volume: members, regular-file bytes, content digest."""
+    """Running totals for one volume: members, regular-file bytes, content digest.
 
-    def __init__(self, name):
+    ``layout=True`` also keeps the digest a content-less scan
+    (``scan_stream(contents=False)``) of the same tree gives: restore compares
+    it with what landed on disk without hashing the data twice.
+    """
+
+    def __init__(self, name, layout=False):
         self.name = name
         self.files = 0
         self.size = 0
         self._digest = hashlib.sha256()
+        self._layout = hashlib.sha256() if layout else None
 
     def add(self, member, content_digest=None):
         if member.islnk() or member.issym():
@@ -178,13 +185,18 @@ class VolumeDigest(object):
         else:
             target = content_digest or ""
         self._digest.update(member_record(member, target))
+        if self._layout is not None:
+            self._layout.update(member_record(member, member.linkname if member.islnk() or member.issym() else ""))
         if member.name != self.name:
             self.files += 1
         if member.isreg():
             self.size += member.size
 
     def summary(self):
-        return {"files": self.files, "size": self.size, "sha256": self._digest.hexdigest()}
+        found = {"files": self.files, "size": self.size, "sha256": self._digest.hexdigest()}
+        if self._layout is not None:
+            found["layout"] = self._layout.hexdigest()
+        return found
 
 
 class SafetyChecker(object):
@@ -285,6 +297,167 @@ def scan_stream(reader, volumes=None, checker=None, on_member=None, contents=Tru
             digests[volume].add(member, content)
             # tarfile keeps every TarInfo it has seen: forget them so memory stays flat at any file count.
             del archive.members[:]
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BackupError("the archive stream is damaged or truncated (%s): use another backup" % exc)
+    return dict((name, digest.summary()) for name, digest in digests.items())
+
+
+class GatedReader(object):
+    """File-like reader for tarfile that passes on only the bytes of members already checked.
+
+    tarfile must read a member's headers before they can be checked, so bytes
+    past the last released offset wait here (one member's headers plus
+    tarfile's read-ahead); released ranges go to their sink as memoryviews,
+    without copies.
+    """
+
+    def __init__(self, source):
+        self.source = source
+        self._pending = collections.deque()
+        self._offset = 0
+        self._limit = 0
+        self._sink = None
+
+    def read(self, size=-1):
+        data = self.source.read(size)
+        if data:
+            self._pending.append(memoryview(data))
+            self._flush()
+        return data
+
+    def release(self, end, sink):
+        """Stream bytes up to offset ``end`` go to ``sink`` (None: dropped)."""
+        self._limit = end
+        self._sink = sink
+        self._flush()
+
+    def _flush(self):
+        while self._pending and self._offset < self._limit:
+            chunk = self._pending[0]
+            take = min(len(chunk), self._limit - self._offset)
+            if self._sink is not None:
+                self._sink.write(chunk[:take])
+            self._offset += take
+            if take == len(chunk):
+                self._pending.popleft()
+            else:
+                self._pending[0] = chunk[take:]
+
+    def drain(self):
+        """Read what follows the end-of-archive marker (so the archive is hashed whole) and drop it."""
+        self._pending.clear()
+        for block in iter(lambda: self.source.read(READ), b""):
+            pass
+
+
+class TarSink(object):
+    """GNU tar's stdin: checked members, then an end-of-archive marker of our own.
+
+    Whatever followed the end of the archive is never forwarded, so tar cannot
+    be made to read past what Python parsed.
+    """
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.written = 0
+        self.broken = False
+
+    def write(self, data):
+        try:
+            self.handle.write(data)
+        except BrokenPipeError:
+            self.broken = True
+            raise
+        self.written += len(data)
+
+    def close(self):
+        end = 2 * tarfile.BLOCKSIZE
+        end += -(self.written + end) % tarfile.RECORDSIZE
+        self.write(bytes(end))
+        try:
+            self.handle.close()
+        except BrokenPipeError:
+            self.broken = True
+            raise
+
+
+class _DataRegion(object):
+    """A member's data region, read past tarfile's stream straight from the gate.
+
+    tarfile's stream copies every read twice; the region's bounds are
+    tarfile's own (from ``stream.pos`` to the next header), and ``stream.pos``
+    is moved past it, so tarfile parses on from the same offset.
+    """
+
+    def __init__(self, gate, stream, end):
+        self.gate = gate
+        self.left = end - stream.pos
+        self.head = memoryview(stream.buf)
+        stream.buf = b""
+        stream.pos = end
+
+    def read(self, size):
+        size = min(size, self.left)
+        if not size:
+            return b""
+        if self.head:
+            data = self.head[:size]
+            self.head = self.head[len(data):]
+        else:
+            data = memoryview(self.gate.read(size))
+        self.left -= len(data)
+        return data
+
+    def pass_through(self, member, hasher=None):
+        """Read the whole region; ``hasher`` gets the logical content (holes of sparse members included)."""
+        position = 0
+        if hasher is not None:
+            for offset, length in member.sparse if member.sparse is not None else [(0, member.size)]:
+                hasher.hole(offset - position)
+                remaining = length
+                while remaining:
+                    block = self.read(min(READ, remaining))
+                    if not block:
+                        break
+                    hasher.data(block)
+                    remaining -= len(block)
+                position = offset + length
+            hasher.hole(member.size - position)
+        while self.left:
+            if not self.read(READ):
+                raise BackupError("archive member %s is truncated: the archive is damaged; use another backup" % member.name)
+        if hasher is not None:
+            return hasher.hexdigest()
+        return None
+
+
+def extract_stream(source, checker, sinks):
+    """Restore in one pass: check each member, then forward its bytes to ``sinks[volume]``.
+
+    A member reaches its sink only after its headers passed ``checker``: an
+    unsafe member raises with nothing of it forwarded.  Members of volumes
+    without a sink are checked and counted but not forwarded nor hashed.
+    Returns {volume: summary} with the content digest (forwarded volumes) and
+    the ``layout`` digest.  BrokenPipeError (a sink died) propagates.
+    """
+    gate = GatedReader(source)
+    digests = {}
+    try:
+        # One block at a time: tarfile then never holds bytes past the header it parsed, and data goes through _DataRegion.
+        archive = tarfile.open(fileobj=gate, mode="r|", bufsize=tarfile.BLOCKSIZE)
+        for member in archive:
+            checker.check(member)
+            volume = volume_of(member.name)
+            sink = sinks.get(volume)
+            gate.release(archive.offset, sink)
+            if volume not in digests:
+                digests[volume] = VolumeDigest(volume, layout=True)
+            hasher = ContentHasher() if member.isreg() and sink is not None else None
+            digests[volume].add(member, _DataRegion(gate, archive.fileobj, archive.offset).pass_through(member, hasher))
+            del archive.members[:]
+        gate.drain()
+    except BrokenPipeError:
+        raise
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise BackupError("the archive stream is damaged or truncated (%s): use another backup" % exc)
     return dict((name, digest.summary()) for name, digest in digests.items())

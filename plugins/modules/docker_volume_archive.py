@@ -109,9 +109,11 @@ options:
     default: false
   check_restored:
     description:
-      - In host mode, read back what was extracted and compare its content digest with the metadata
-        before swapping it into place (catches a filesystem that silently drops xattrs, ACLs or sparse
-        files). Costs one more read of the restored data; disable only when restore time matters more.
+      - In host mode, read back what was extracted and compare its names, types, modes, owners, mtimes, sizes,
+        link targets, xattrs and ACLs with the archive before swapping it into place (catches a filesystem
+        that drops xattrs or ACLs while GNU tar only warns). File contents are not hashed again; they are
+        checked against the metadata while the archive is streamed into tar. Disable only when the target
+        filesystem is known to keep xattrs and ACLs and restore time matters more.
     type: bool
     default: true
   scratch_restore:

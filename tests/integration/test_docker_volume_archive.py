@@ -329,3 +329,112 @@ def test_module_fails_clearly_without_the_docker_sdk(tmp_path):
     res = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
     assert proc.returncode != 0 and res["failed"]
     assert res["msg"].startswith("the Python 'docker' SDK is not installed on the target host: install it")
+
+
+def _no_prescan(monkeypatch):
+    """Host-mode restore must check members in its one pass, not in a separate scan of the archive."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("host-mode restore decompressed the archive for a separate scan")
+    monkeypatch.setattr(va, "scan_archive", refuse)
+
+
+@pytest.mark.parametrize("case", ["absolute", "dotdot", "outside", "hardlink-out", "symlink-write", "device",
+                                  "link-to-symlink-write", "symlink-then-dir"])
+def test_one_pass_refuses_unsafe_member_after_tar_has_extracted_others(engine, mm_docker, tmp_path, monkeypatch, case):
+    vol = mm_docker.volume("victim1")
+    mountpoint = mm_docker.mountpoint(vol)
+    populate(mountpoint, sparse_size=64 * 1024, extended=False)
+    before = snapshot(mountpoint)
+    target = str(tmp_path / "target")
+    os.mkdir(target)
+    dest = str(tmp_path / "b")
+    os.mkdir(dest)
+    members = _malicious(vol, target)[case]
+    # legitimate members first, so GNU tar is already writing into the staging directory when the unsafe one comes
+    members[1:1] = [({"name": vol + "/big%d" % n}, os.urandom(2 * 1024 * 1024)) for n in range(3)]
+    declared = [{"name": vol, "driver": "local", "files": 4, "size": 6 * 1024 * 1024 + 1, "sha256": "0" * 64}]
+    if case == "outside":
+        declared.append({"name": "mmtest-undeclared-x", "driver": "local", "files": 0, "size": 0, "sha256": "0" * 64})
+    path = write_backup(dest, "volumes_test_20250101_000000.tar.zst", crafted_tar(members), declared, "zstd")
+    _no_prescan(monkeypatch)
+
+    with pytest.raises(BackupError, match="is unsafe"):
+        va.restore(engine, path, dest, "test", mode="host", stop_containers=True)
+    assert snapshot(mountpoint) == before
+    assert os.listdir(target) == []
+    assert leftovers(mountpoint) == []
+    assert engine.volume("mmtest-undeclared-x") is None  # created for the restore, removed again
+
+
+def test_failures_at_the_end_of_the_pass_leave_the_volume_and_no_staging(engine, mm_docker, tmp_path, monkeypatch):
+    vol = mm_docker.volume("late")
+    mountpoint = mm_docker.mountpoint(vol)
+    populate(mountpoint, sparse_size=64 * 1024, extended=False)
+    dest = str(tmp_path / "b")
+    good = va.archive(engine, [vol], dest, "test", "gzip", mode="host")
+    with open(good["archive"], "rb") as handle:
+        data = handle.read()
+    with open(os.path.join(mountpoint, "stray"), "w") as handle:
+        handle.write("still here")
+    before = snapshot(mountpoint)
+    _no_prescan(monkeypatch)
+
+    # every member is safe and every count right; only the content digest differs: known at the very end
+    records = read_metadata(good["archive"])["volumes"]
+    wrong = [dict(records[0], sha256="0" * 64)]
+    with open(good["archive"], "rb") as handle:
+        path = write_backup(dest, "volumes_test_20250101_000004.tar", subprocess.run(
+            ["gzip", "-dc"], stdin=handle, stdout=subprocess.PIPE, check=True).stdout, wrong)
+    with pytest.raises(BackupError, match="restored content of %s differs from the archive's metadata.*not changed" % vol):
+        va.restore(engine, path, dest, "test", mode="host")
+    assert snapshot(mountpoint) == before
+    assert leftovers(mountpoint) == []
+
+    # the archive changes between the checksum and the pass: caught by the sha256 taken in the pass
+    resolve = va.bs.resolve_source
+
+    def swap_file(*args):
+        backup = resolve(*args)
+        with open(backup.path, "wb") as handle:
+            handle.write(subprocess.run(["gzip", "-1", "-c"], input=subprocess.run(
+                ["gzip", "-dc"], input=data, stdout=subprocess.PIPE, check=True).stdout, stdout=subprocess.PIPE, check=True).stdout)
+        return backup
+    monkeypatch.setattr(va.bs, "resolve_source", swap_file)
+    with pytest.raises(BackupError, match="changed while being restored: the volumes were not changed"):
+        va.restore(engine, good["archive"], dest, "test", mode="host")
+    assert snapshot(mountpoint) == before
+    assert leftovers(mountpoint) == []
+
+
+def test_check_restored_catches_what_the_filesystem_did_not_keep(engine, mm_docker, tmp_path, monkeypatch):
+    vol = mm_docker.volume("lossy")
+    mountpoint = mm_docker.mountpoint(vol)
+    populate(mountpoint, sparse_size=64 * 1024, extended=True)
+    dest = str(tmp_path / "b")
+    va.archive(engine, [vol], dest, "test", "zstd", mode="host")
+    with open(os.path.join(mountpoint, "stray"), "w") as handle:
+        handle.write("still here")
+    before = snapshot(mountpoint)
+    # a GNU tar that drops xattrs and ACLs, like a filesystem without them: the stream digest is right, the disk is not
+    monkeypatch.setattr(va, "TAR_EXTRACT", [arg for arg in va.TAR_EXTRACT if not arg.startswith(("--xattrs", "--acls"))])
+    with pytest.raises(BackupError, match="restored content of %s differs.*without xattr/ACL support.*not changed" % vol):
+        va.restore(engine, "latest", dest, "test", mode="host")
+    assert snapshot(mountpoint) == before
+    assert leftovers(mountpoint) == []
+
+
+def test_gnu_tar_dying_midway_leaves_the_volume(engine, mm_docker, tmp_path, monkeypatch):
+    vol = mm_docker.volume("tardies")
+    mountpoint = mm_docker.mountpoint(vol)
+    populate(mountpoint, sparse_size=64 * 1024, extended=False)
+    with open(os.path.join(mountpoint, "big.bin"), "wb") as handle:
+        handle.write(os.urandom(4 * 1024 * 1024))  # more than a pipe buffer: tar's death is seen as a broken pipe
+    dest = str(tmp_path / "b")
+    va.archive(engine, [vol], dest, "test", "none", mode="host")
+    os.unlink(os.path.join(mountpoint, "big.bin"))
+    before = snapshot(mountpoint)
+    monkeypatch.setattr(va, "TAR_EXTRACT", ["sh", "-c", "head -c 100000 >/dev/null; echo tar: boom >&2; exit 3", "tar"])
+    with pytest.raises(BackupError, match="GNU tar stopped while extracting into .* \\(tar: boom\\): the volumes were not changed"):
+        va.restore(engine, "latest", dest, "test", mode="host")
+    assert snapshot(mountpoint) == before
+    assert leftovers(mountpoint) == []

@@ -13,7 +13,9 @@ from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar impo
     BLOCK,
     ContentHasher,
     SafetyChecker,
+    TarSink,
     TeeReader,
+    extract_stream,
     scan_stream,
 )
 from tests.volume_fixtures import crafted_tar
@@ -188,3 +190,61 @@ def test_scanning_many_members_keeps_memory_flat():
     assert scan_stream(io.BytesIO(data), checker=SafetyChecker(["v"]))["v"]["files"] == 60000
     # tarfile alone would keep 60000 TarInfo objects (about 60 MB)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 15 * 1024
+
+
+def tar_of(members):
+    return crafted_tar([(dict(fields), data) for fields, data in members])
+
+
+def _forwarded(data, volumes, sinks_for):
+    sinks = dict((volume, io.BytesIO()) for volume in sinks_for)
+    error = None
+    try:
+        found = extract_stream(io.BytesIO(data), SafetyChecker(volumes), sinks)
+    except BackupError as exc:
+        error, found = exc, None
+    return sinks, found, error
+
+
+@pytest.mark.parametrize("bad", [
+    ({"name": "/tmp/pwned"}, b"pwned"),
+    ({"name": "v1/../../pwned"}, b"pwned"),
+    ({"name": "v9/pwned"}, b"pwned"),
+    ({"name": "v1/a/pwned"}, b"pwned"),
+    ({"name": "v1/h", "type": tarfile.LNKTYPE, "linkname": "/etc/pwned"}, None),
+    ({"name": "v1/pwned", "type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}, None),
+])
+def test_one_pass_forwards_nothing_of_an_unsafe_member(bad):
+    good = [({"name": "v1", "type": tarfile.DIRTYPE}, None), ({"name": "v1/big"}, os.urandom(3 * 1024 * 1024 + 5)),
+            ({"name": "v1/a", "type": tarfile.SYMTYPE, "linkname": "/etc"}, None)]
+    data = tar_of(good + [bad])
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        boundary = archive.getmembers()[-1].offset  # where the unsafe member's first header starts
+    sinks, found, error = _forwarded(data, ["v1"], ["v1"])
+    assert error is not None and "is unsafe" in str(error)
+    # every checked member went on whole, in order; not one byte of the unsafe member's headers or data
+    assert sinks["v1"].getvalue() == data[:boundary]
+    assert b"pwned" not in sinks["v1"].getvalue()
+
+
+def test_one_pass_forwards_each_volume_exactly_and_ends_the_archive_itself(tmp_path):
+    members = [({"name": "v1", "type": tarfile.DIRTYPE}, None), ({"name": "v1/f"}, b"one"),
+               ({"name": "v2", "type": tarfile.DIRTYPE}, None), ({"name": "v2/g"}, os.urandom(200000))]
+    only_v2 = tar_of(members[2:])
+    data = tar_of(members) + tar_of([({"name": "v1/after-the-end"}, b"smuggled")])
+    sinks, found, error = _forwarded(data, ["v1", "v2"], ["v2"])
+    assert error is None
+    sent = sinks["v2"].getvalue()
+    assert only_v2.startswith(sent) and not only_v2[len(sent):].strip(b"\0")
+    assert found["v1"]["files"] == 1 and found["v2"]["files"] == 1
+    assert found["v2"]["sha256"] == scan_stream(io.BytesIO(only_v2))["v2"]["sha256"]
+    assert found["v2"]["layout"] == scan_stream(io.BytesIO(only_v2), contents=False)["v2"]["sha256"]
+    # what GNU tar receives is a complete archive and nothing that followed the end marker
+    with open(tmp_path / "in.tar", "wb") as handle:
+        sink = TarSink(handle)
+        extract_stream(io.BytesIO(data), SafetyChecker(["v1", "v2"]), {"v1": sink, "v2": sink})
+        sink.close()
+    assert os.path.getsize(tmp_path / "in.tar") % tarfile.RECORDSIZE == 0
+    listing = subprocess.run(["tar", "-tf", str(tmp_path / "in.tar")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    assert listing.stdout.decode().split() == ["v1/", "v1/f", "v2/", "v2/g"] and listing.stderr == b""
+    assert b"smuggled" not in (tmp_path / "in.tar").read_bytes()
