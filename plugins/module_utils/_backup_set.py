@@ -7,6 +7,10 @@ A backup is the pair ``<kind>_<env>_<YYYYMMDD_HHMMSS><ext>`` plus
 names the archive and records its size (and, when checked, its sha256).
 Writers go through ``.partial`` files so that nothing that looks complete can
 be left behind by a failure.
+
+An archive encrypted with ``age`` ends in ``.age`` (``...tar.gz.age``); its
+metadata stays plain JSON, and its size and sha256 are those of the encrypted
+bytes, so completeness and checksums are checked without the private key.
 """
 
 import contextlib
@@ -18,7 +22,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import tempfile
 import threading
 
 METADATA_SUFFIX = "_metadata.json"
@@ -27,12 +33,17 @@ FORMAT_VERSION = 1
 CHUNK = 1024 * 1024
 
 EXTENSIONS = {"gzip": ".tar.gz", "zstd": ".tar.zst", "none": ".tar"}
+AGE_SUFFIX = ".age"
+EXPECTED_NAME = "<kind>_<env>_YYYYMMDD_HHMMSS.tar[.gz|.zst][.age]"
 ENV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 NAME_RE = re.compile(
     r"^(?P<kind>[a-z]+)_(?P<env>[A-Za-z0-9][A-Za-z0-9-]*)_(?P<ts>\d{8}_\d{6})"
-    r"(?P<ext>\.tar\.gz|\.tar\.zst|\.tar)$"
+    r"(?P<ext>(?:\.tar\.gz|\.tar\.zst|\.tar)(?:\.age)?)$"
 )
+AGE_RECIPIENT_RE = re.compile(r"^age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}$")
+SSH_RECIPIENT_RE = re.compile(r"^ssh-(?:ed25519|rsa) [A-Za-z0-9+/]+={0,2}(?: [^\n]*)?$")
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
+DAMAGED = "decrypting %s failed (age: %s): the archive is damaged or truncated; use another backup"
 
 
 class BackupError(Exception):
@@ -57,12 +68,16 @@ def stem(kind, env, when):
     return "%s_%s_%s" % (kind, check_environment(env), when.strftime(TIMESTAMP_FORMAT))
 
 
-def archive_name(kind, env, when, compression):
+def archive_name(kind, env, when, compression, encrypted=False):
     if compression not in EXTENSIONS:
         raise BackupError(
             "compression %r is not supported: use one of %s" % (compression, ", ".join(sorted(EXTENSIONS)))
         )
-    return stem(kind, env, when) + EXTENSIONS[compression]
+    return stem(kind, env, when) + EXTENSIONS[compression] + (AGE_SUFFIX if encrypted else "")
+
+
+def is_encrypted(name):
+    return name.endswith(AGE_SUFFIX)
 
 
 def parse_archive_name(name):
@@ -81,7 +96,7 @@ def metadata_path(archive_path):
     name = os.path.basename(archive_path)
     parsed = parse_archive_name(name)
     if parsed is None:
-        raise BackupError("%s is not a backup archive name (expected <kind>_<env>_YYYYMMDD_HHMMSS.tar[.gz|.zst])" % name)
+        raise BackupError("%s is not a backup archive name (expected %s)" % (name, EXPECTED_NAME))
     return os.path.join(os.path.dirname(archive_path), name[: -len(parsed[3])] + METADATA_SUFFIX)
 
 
@@ -116,6 +131,8 @@ class Backup(object):
         self.metadata_path = metadata_path(self.path)
         self.metadata = None
         self.problem = None
+        self.warnings = []
+        self.identity_file = None
         self._inspect()
 
     def _inspect(self):
@@ -178,8 +195,12 @@ def list_backups(directory, kind=None, environment=None):
     return found
 
 
-def resolve_source(src, directory, kind, environment):
-    """Turn ``src`` ("latest" or a path) into a complete, checksum-verified Backup."""
+def resolve_source(src, directory, kind, environment, identity_file=None):
+    """Turn ``src`` ("latest" or a path) into a complete, checksum-verified Backup.
+
+    An encrypted backup is also checked to open with ``identity_file``, so a
+    missing or wrong key fails here, before the caller touches anything.
+    """
     if src == "latest":
         complete = [b for b in list_backups(directory, kind, environment) if b.complete]
         if not complete:
@@ -192,7 +213,7 @@ def resolve_source(src, directory, kind, environment):
         name = os.path.basename(src)
         if parse_archive_name(name) is None:
             raise BackupError(
-                "%s is not a backup of this collection (expected %s_<env>_YYYYMMDD_HHMMSS.tar[.gz|.zst])" % (src, kind)
+                "%s is not a backup of this collection (expected %s)" % (src, EXPECTED_NAME.replace("<kind>", kind))
             )
         if not os.path.isfile(src):
             raise BackupError("backup file %s does not exist: check the path or use src=latest" % src)
@@ -200,7 +221,54 @@ def resolve_source(src, directory, kind, environment):
         if backup.kind != kind:
             raise BackupError("%s is a %s backup, not a %s backup" % (name, backup.kind, kind))
     backup.check_checksum()
+    if is_encrypted(backup.name):
+        backup.warnings.extend(check_identity(backup, identity_file))
+        backup.identity_file = identity_file
     return backup
+
+
+def recipients_of(backup):
+    return ((backup.metadata or {}).get("encryption") or {}).get("recipients") or []
+
+
+def check_identity(backup, identity_file):
+    """Prove ``identity_file`` opens the encrypted backup by decrypting its header; returns warnings.
+
+    Popen, not run_command: only the first plaintext byte is read, then age is
+    stopped instead of decrypting the whole archive.
+    """
+    if not identity_file:
+        raise BackupError("%s is encrypted with age: pass age_identity_file with the private key of one of its recipients" % backup.name)
+    try:
+        mode = os.stat(identity_file).st_mode
+        with open(identity_file, "rb"):
+            pass
+    except (OSError, IOError) as exc:
+        raise BackupError("age identity file %s cannot be read (%s): copy the private key there (mode 0600) or fix age_identity_file"
+                          % (identity_file, exc.strerror or exc))
+    warnings = []
+    if mode & 0o077:
+        warnings.append("age identity file %s has mode %04o: it holds a private key, chmod 600 it" % (identity_file, mode & 0o7777))
+    with tempfile.TemporaryFile() as errors:
+        proc = _start(["age", "-d", "-i", identity_file, backup.path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        try:
+            opened = proc.stdout.read(1)
+        finally:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+        if not opened:
+            reason = _age_message(errors) or "exit status %d" % proc.returncode
+            recipients = ", ".join(recipients_of(backup)) or "its recipients"
+            if "no identity matched" in reason:
+                raise BackupError("the age identity %s cannot decrypt %s (age: %s): use the key of one of %s"
+                                  % (identity_file, backup.name, reason, recipients))
+            if "payload" in reason:
+                raise BackupError(DAMAGED % (backup.name, reason))
+            raise BackupError("decrypting %s with the age identity %s failed (age: %s): age_identity_file must be the "
+                              "age-keygen file (or unencrypted SSH key) of one of %s" % (backup.name, identity_file, reason, recipients))
+    return warnings
 
 
 @contextlib.contextmanager
@@ -291,30 +359,103 @@ def decompressor_command(compression):
 
 
 def compression_of(name):
+    if is_encrypted(name):
+        name = name[: -len(AGE_SUFFIX)]
     for compression, ext in EXTENSIONS.items():
         if name.endswith(ext) and not (compression == "none" and name.endswith((".tar.gz", ".tar.zst"))):
             return compression
     raise BackupError("cannot tell the compression of %s" % name)
 
 
+def _start(command, **kwargs):
+    try:
+        return subprocess.Popen(command, **kwargs)
+    except OSError as exc:
+        raise BackupError("cannot run %s (%s): install it on this host (apt install %s)" % (command[0], exc.strerror or exc, command[0]))
+
+
+def _age_message(errors):
+    """age's own error line from its stderr file ("no identity matched any of the recipients"), or None."""
+    errors.seek(0)
+    lines = [line.strip() for line in errors.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("age: error: "):
+            return line[len("age: error: "):]
+    return lines[0] if lines else None
+
+
+def check_recipients(recipients):
+    """The age recipients of a new archive, checked before anything is written; [] means not encrypted.
+
+    The value is never echoed: a private key pasted here by mistake must not end up in a log.
+    """
+    checked = []
+    for index, recipient in enumerate(recipients or []):
+        text = recipient.strip() if isinstance(recipient, str) else ""
+        if text.upper().startswith("AGE-SECRET-KEY-"):
+            raise BackupError("age_recipients[%d] is a private key: list public keys only (age-keygen -y KEYFILE prints it) "
+                              "and keep the private key off the backup host" % index)
+        if not (AGE_RECIPIENT_RE.match(text) or SSH_RECIPIENT_RE.match(text)):
+            raise BackupError("age_recipients[%d] is not a public key: use the 'age1...' key printed by age-keygen, "
+                              "or an 'ssh-ed25519 ...' or 'ssh-rsa ...' public key" % index)
+        checked.append(text)
+    if checked and shutil.which("age") is None:
+        raise BackupError("age is not installed on this host: install it (apt install age) or leave age_recipients empty")
+    return checked
+
+
+def encryption_argument_spec():
+    """Options of the modules that write or read archives (documented in the encryption doc fragment)."""
+    return dict(
+        age_recipients=dict(type="list", elements="str", default=[]),
+        age_identity_file=dict(type="path"),
+    )
+
+
+def encryption_record(recipients):
+    """What the metadata says about encryption: public keys only, never the identity."""
+    return {"method": "age", "recipients": list(recipients)} if recipients else None
+
+
 class CompressedSink(object):
-    """A writable stream: bytes go through the compressor into ``target`` while size and sha256 are counted.
+    """A writable stream: bytes go through the compressor (and ``age``) into ``target`` while size and sha256 are counted.
 
     Popen is needed (not run_command) because the data is produced while it is
-    compressed; nothing is staged on disk.
+    compressed and encrypted; nothing is staged on disk.  With ``recipients``
+    the compressor's output goes through ``age -r ...``: size and sha256 are
+    those of the encrypted bytes, the ones on disk.
     """
 
-    def __init__(self, target, compression):
+    def __init__(self, target, compression, recipients=None):
         self.target = target
         self.digest = hashlib.sha256()
         self.size = 0
         self._error = None
-        command = compressor_command(compression)
-        self._command = command
-        self._proc = None
+        self._procs = []
         self._thread = None
+        commands = []
+        command = compressor_command(compression)
         if command is not None:
-            self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            commands.append(("compressor %s" % command[0], command))
+        if recipients:
+            age = ["age"]
+            for recipient in check_recipients(recipients):
+                age += ["-r", recipient]
+            commands.append(("age", age))
+        try:
+            upstream = subprocess.PIPE
+            for name, command in commands:
+                errors = tempfile.TemporaryFile() if name == "age" else None
+                proc = _start(command, stdin=upstream, stdout=subprocess.PIPE, stderr=errors)
+                if self._procs:
+                    # age owns the compressor's output now: if age dies, the compressor gets SIGPIPE.
+                    self._procs[-1][1].stdout.close()
+                self._procs.append((name, proc, errors))
+                upstream = proc.stdout
+        except BaseException:
+            self.abort()
+            raise
+        if self._procs:
             self._thread = threading.Thread(target=self._pump)
             self._thread.daemon = True
             self._thread.start()
@@ -326,41 +467,176 @@ class CompressedSink(object):
 
     def _pump(self):
         try:
-            for block in iter(lambda: self._proc.stdout.read(CHUNK), b""):
+            for block in iter(lambda: self._procs[-1][1].stdout.read(CHUNK), b""):
                 self._emit(block)
         except Exception as exc:  # the writer thread reports, close() raises
             self._error = exc
-            # Unblock write(): a compressor nobody reads would stall it forever.
-            with contextlib.suppress(OSError):
-                self._proc.kill()
+            # Unblock write(): a pipeline nobody reads would stall it forever.
+            for unused_name, proc, unused_errors in self._procs:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+
+    def _stopped(self):
+        """Why the pipeline stopped taking data: age's own message when age is the one that died."""
+        if self._error is not None:
+            return "writing the archive failed: %s" % self._error
+        for name, proc, errors in reversed(self._procs):
+            if errors is not None and proc.poll():
+                return "%s stopped before the end of the stream (%s)" % (name, _age_message(errors) or "exit status %d" % proc.returncode)
+        return "%s stopped before the end of the stream" % self._procs[0][0]
 
     def write(self, data):
-        if self._proc is None:
+        if not self._procs:
             self._emit(bytes(data))
         else:
             try:
-                self._proc.stdin.write(data)
+                self._procs[0][1].stdin.write(data)
             except BrokenPipeError:
-                if self._error is not None:
-                    raise BackupError("writing the archive failed: %s" % self._error)
-                raise BackupError("compressor %s stopped before the end of the stream" % self._command[0])
+                raise BackupError(self._stopped())
         return len(data)
 
     def close(self):
         """Finish the stream; returns (size, sha256 hex) of what reached the target."""
-        if self._proc is not None:
-            self._proc.stdin.close()
-            rc = self._proc.wait()
+        if self._procs:
+            try:
+                self._procs[0][1].stdin.close()
+            except BrokenPipeError:
+                raise BackupError(self._stopped())
+            codes = [(name, proc.wait(), errors) for name, proc, errors in self._procs]
             self._thread.join()
             if self._error is not None:
                 raise BackupError("writing the archive failed: %s" % self._error)
-            if rc != 0:
-                raise BackupError("compressor %s exited with status %d" % (self._command[0], rc))
+            # From the target end: a dead age makes the compressor die of SIGPIPE, age's status says why.
+            for name, rc, errors in reversed(codes):
+                if rc != 0:
+                    detail = _age_message(errors) if errors is not None else None
+                    raise BackupError("%s exited with status %d%s" % (name, rc, ": %s" % detail if detail else ""))
+            self._close_errors()
         return self.size, self.digest.hexdigest()
 
+    def _close_errors(self):
+        for unused_name, unused_proc, errors in self._procs:
+            if errors is not None:
+                errors.close()
+
     def abort(self):
-        if self._proc is not None:
+        for unused_name, proc, unused_errors in self._procs:
             with contextlib.suppress(OSError):
-                self._proc.kill()
-            self._proc.wait()
+                proc.kill()
+        for unused_name, proc, unused_errors in self._procs:
+            proc.wait()
+        if self._thread is not None:
             self._thread.join()
+        self._close_errors()
+
+
+def _pump_file(source, sink, digest, errors):
+    try:
+        for block in iter(lambda: source.read(CHUNK), b""):
+            digest.update(block)
+            sink.write(block)
+    except (OSError, ValueError) as exc:
+        errors.append(exc)
+    finally:
+        with contextlib.suppress(OSError):
+            sink.close()
+
+
+def _failure(name, identity_file, label, proc, errors):
+    """One line for a reading process that failed, or None when it did not."""
+    if proc.returncode in (0, None, -signal.SIGPIPE):
+        return None
+    if label == "age":
+        reason = _age_message(errors) or "exit status %d" % proc.returncode
+        if "no identity matched" in reason:
+            return "the age identity %s cannot decrypt %s (age: %s): use the key of one of its recipients" % (identity_file, name, reason)
+        return DAMAGED % (name, reason)
+    errors.seek(0)
+    lines = errors.read().decode("utf-8", "replace").strip().splitlines()
+    return "%s is truncated or damaged: %s failed (%s); use another backup" % (
+        name, label, lines[-1] if lines else "exit status %d" % proc.returncode)
+
+
+@contextlib.contextmanager
+def archive_stream(path, identity_file=None, raw_digest=None, partial=False):
+    """The plaintext tar stream of an archive: the file, through ``age -d`` and the decompressor its name calls for.
+
+    Popen, because restores read the archive while it is decrypted and
+    decompressed; nothing is staged.  ``raw_digest`` (a hashlib object) is fed
+    the bytes read from disk by a thread that pumps the file, so the sha256 is
+    taken over exactly the bytes that were restored (a file swapped after the
+    checksum step is caught).  At the end the rest of the stream is read and
+    every exit status checked: age authenticates each chunk and the end of the
+    stream, so truncation fails here even when the tar looked complete.
+    ``partial`` is for readers that stop early on purpose: the pipeline is then
+    stopped, not checked (what was read was authenticated chunk by chunk).
+    """
+    name = os.path.basename(path)
+    commands = []
+    if is_encrypted(name):
+        if not identity_file:
+            raise BackupError("%s is encrypted with age: pass age_identity_file with the private key of one of its recipients" % name)
+        commands.append(("age", ["age", "-d", "-i", identity_file]))
+    command = decompressor_command(compression_of(name))
+    if command is not None:
+        commands.append((command[0], command))
+    if raw_digest is not None and not commands:
+        commands.append(("cat", ["cat"]))
+    try:
+        source = open(path, "rb")
+    except (OSError, IOError) as exc:
+        raise BackupError("cannot read %s: %s" % (path, exc.strerror or exc))
+    procs = []
+    pump_errors = []
+    thread = None
+    try:
+        upstream = subprocess.PIPE if raw_digest is not None else source
+        for label, command in commands:
+            errors = tempfile.TemporaryFile()
+            try:
+                proc = _start(command, stdin=upstream, stdout=subprocess.PIPE, stderr=errors)
+            except BaseException:
+                errors.close()
+                raise
+            if procs:
+                procs[-1][1].stdout.close()
+            procs.append((label, proc, errors))
+            upstream = proc.stdout
+        if raw_digest is not None:
+            thread = threading.Thread(target=_pump_file, args=(source, procs[0][1].stdin, raw_digest, pump_errors))
+            thread.daemon = True
+            thread.start()
+        stream = procs[-1][1].stdout if procs else source
+        try:
+            yield stream
+        except BaseException:
+            # A process that died on its own (wrong key, truncated data) is why the reader failed: say so.
+            for label, proc, errors in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=0.2)
+                message = _failure(name, identity_file, label, proc, errors)
+                if message:
+                    raise BackupError(message)
+            raise
+        if not partial:
+            for unused in iter(lambda: stream.read(CHUNK), b""):
+                pass
+            for label, proc, errors in procs:
+                proc.wait()
+    finally:
+        for label, proc, errors in procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+        if thread is not None:
+            thread.join()
+        source.close()
+        failures = [] if partial else [_failure(name, identity_file, *entry) for entry in procs]
+        for label, proc, errors in procs:
+            errors.close()
+    failures = [message for message in failures if message]
+    if failures:
+        raise BackupError(failures[0])
+    if pump_errors and not isinstance(pump_errors[0], BrokenPipeError):
+        raise BackupError("reading %s failed: %s" % (path, pump_errors[0]))

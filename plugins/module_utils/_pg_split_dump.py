@@ -45,10 +45,11 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     BackupError,
     CompressedSink,
     archive_name,
+    archive_stream,
     backup_lock,
     check_environment,
-    compression_of,
-    decompressor_command,
+    check_recipients,
+    encryption_record,
     resolve_source,
     utc_now,
     write_metadata,
@@ -265,33 +266,37 @@ def remove_stale_partials(dest, environment):
     return removed
 
 
-def plan_dump(dest, environment, compression, when=None):
+def plan_dump(dest, environment, compression, when=None, encrypted=False):
     check_environment(environment)
-    name = archive_name(KIND, environment, when or utc_now(), compression)
+    name = archive_name(KIND, environment, when or utc_now(), compression, encrypted)
     path = os.path.join(dest, name)
     return path
 
 
-def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globals=False):
-    """Write one complete backup or raise BackupError leaving nothing that looks complete."""
+def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globals=False, recipients=None):
+    """Write one complete backup or raise BackupError leaving nothing that looks complete.
+
+    With ``recipients`` (age public keys) the archive is encrypted as it is written.
+    """
     started = time.time()
     check_environment(environment)
     if compression not in EXTENSIONS:
         raise BackupError("compression %r is not supported: use gzip, zstd or none" % compression)
+    recipients = check_recipients(recipients)
     check_dest(dest)
     server_num = tools.server_version_num(db)
     pg_dump_version = tools.check_client("pg_dump", server_num)
     with backup_lock(dest, KIND, environment):
         remove_stale_partials(dest, environment)
         when = utc_now()
-        path = plan_dump(dest, environment, compression, when)
+        path = plan_dump(dest, environment, compression, when, bool(recipients))
         if os.path.exists(path):
             raise BackupError("%s already exists: wait a second and run again" % path)
         session = tools.session(db)
         try:
             snapshot, relations, counts, objects, props = snapshot_facts(session, db)
             with AtomicFile(path) as target:
-                sink = CompressedSink(target.handle, compression)
+                sink = CompressedSink(target.handle, compression, recipients)
                 try:
                     manifest = _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, int(when.timestamp()))
                     size, sha256 = sink.close()
@@ -318,6 +323,7 @@ def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globa
             "archive": os.path.basename(path),
             "size": size,
             "sha256": sha256,
+            "encryption": encryption_record(recipients),
             "members": dict((name, {"sha256": s["sha256"], "size": s["size"]}) for name, s in manifest["streams"].items()),
             "tables": counts,
             "objects": objects,
@@ -340,6 +346,8 @@ def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globa
         "sha256": sha256,
         "duration": metadata["duration"],
         "tables": counts,
+        "encrypted": bool(recipients),
+        "recipients": recipients,
     }
 
 
@@ -487,35 +495,23 @@ def _loader_for(tools, stream, dbname, jobs):
     return StreamLoader(proc, stream, errors, tools.container)
 
 
-def restore_archive(tools, backup_path, dbname, jobs):
-    """Stream the archive into an existing empty database, then check the manifest."""
+def restore_archive(tools, backup_path, dbname, jobs, identity_file=None):
+    """Stream the archive (decrypted and decompressed on the way) into an existing empty database, then check the manifest."""
     name = os.path.basename(backup_path)
-    command = decompressor_command(compression_of(name))
-    source = open(backup_path, "rb")
-    decompressor = None
     active = {}
     finished = {}
     try:
-        reader = source
-        if command is not None:
-            decompressor = subprocess.Popen(command, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            reader = decompressor.stdout
-        try:
-            manifest = _read_members(tools, reader, dbname, jobs, active, finished, name)
-        except (tarfile.TarError, EOFError, ValueError, UnicodeDecodeError) as exc:
-            raise BackupError("archive %s is truncated or damaged (%s): use another backup" % (name, exc))
+        with archive_stream(backup_path, identity_file) as reader:
+            try:
+                manifest = _read_members(tools, reader, dbname, jobs, active, finished, name)
+            except (tarfile.TarError, EOFError, ValueError, UnicodeDecodeError) as exc:
+                raise BackupError("archive %s is truncated or damaged (%s): use another backup" % (name, exc))
         _check_manifest(manifest, finished, name)
         return manifest
     except BaseException:
         for loader in active.values():
             loader.kill()
         raise
-    finally:
-        if decompressor is not None:
-            with contextlib.suppress(OSError):
-                decompressor.kill()
-            decompressor.wait()
-        source.close()
 
 
 def _read_members(tools, reader, dbname, jobs, active, finished, name):
@@ -777,12 +773,12 @@ def plan_globals(text, existing):
     return {"created": created, "kept": kept, "statements": run, "skipped": len(skipped)}
 
 
-def prepare_globals(backup, existing):
+def prepare_globals(backup, existing, identity_file=None):
     member = backup.metadata.get("members", {}).get("globals.sql")
     if member is None:
         raise BackupError("restore_globals: %s has no globals.sql (dumped without include_globals): create the roles by hand "
                           "or restore without restore_globals" % backup.name)
-    return plan_globals(extract_stream(backup.path, "globals.sql", member["sha256"]), existing)
+    return plan_globals(extract_stream(backup.path, "globals.sql", member["sha256"], identity_file), existing)
 
 
 def replay_globals(tools, plan):
@@ -791,17 +787,11 @@ def replay_globals(tools, plan):
         tools.psql(tools.maintenance_db, "BEGIN;\n%s\nCOMMIT;\n" % "\n".join(plan["statements"]), what="replaying globals.sql")
 
 
-def extract_stream(backup_path, wanted, expected_sha256):
+def extract_stream(backup_path, wanted, expected_sha256, identity_file=None):
     """One small stream (globals.sql) read ahead of the restore: it sits after pre-data, but roles must exist first."""
     name = os.path.basename(backup_path)
-    command = decompressor_command(compression_of(name))
     parts = []
-    with open(backup_path, "rb") as source:
-        decompressor = None
-        reader = source
-        if command is not None:
-            decompressor = subprocess.Popen(command, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            reader = decompressor.stdout
+    with archive_stream(backup_path, identity_file, partial=True) as reader:
         try:
             tar = tarfile.open(fileobj=reader, mode="r|")
             for member in tar:
@@ -812,11 +802,6 @@ def extract_stream(backup_path, wanted, expected_sha256):
                     parts.append(tar.extractfile(member).read())
         except (tarfile.TarError, EOFError) as exc:
             raise BackupError("archive %s is truncated or damaged (%s): use another backup" % (name, exc))
-        finally:
-            if decompressor is not None:
-                with contextlib.suppress(OSError):
-                    decompressor.kill()
-                decompressor.wait()
     data = b"".join(parts)
     if not parts or hashlib.sha256(data).hexdigest() != expected_sha256:
         raise BackupError("%s in %s is missing or does not match its checksum: use another backup" % (wanted, name))
@@ -860,13 +845,13 @@ def compare_contents(tools, dbname, metadata):
     return results, problems
 
 
-def load_backup(src, dest, environment):
-    """Resolve and checksum-verify the archive before anything is touched."""
+def load_backup(src, dest, environment, identity_file=None):
+    """Resolve and checksum-verify the archive (and prove the key opens an encrypted one) before anything is touched."""
     if src != "latest" and not os.path.isabs(src) and dest:
         src = os.path.join(dest, src)
     if src == "latest" and not dest:
         raise BackupError("src=latest needs dest (the backup directory) to look in")
-    backup = resolve_source(src, dest or os.path.dirname(src), KIND, environment)
+    backup = resolve_source(src, dest or os.path.dirname(src), KIND, environment, identity_file)
     meta = backup.metadata
     if meta.get("archive_format") != ARCHIVE_FORMAT or meta.get("kind") != KIND:
         raise BackupError("%s was not written by pg_split_dump (archive_format %r): restore it by hand" % (backup.name, meta.get("archive_format")))
@@ -878,18 +863,20 @@ def suffix_name(db, label, when):
 
 
 def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2, keep_previous=True, check_mode=False,
-            restore_globals=False):
+            restore_globals=False, identity_file=None):
     started = time.time()
-    backup = load_backup(src, dest, environment)
+    backup = load_backup(src, dest, environment, identity_file)
     check_privileges(tools)
     server_num = tools.server_version_num(tools.maintenance_db)
     tools.check_client("pg_restore", server_num)
     live_exists = database_exists(tools, db)
     when = utc_now()
     result = {"src": backup.path, "strategy": strategy, "database": db, "previous": None, "tables": {}}
+    if backup.warnings:
+        result["warnings"] = list(backup.warnings)
     props = backup.metadata.get("database_properties", {})
     existing = existing_roles(tools)
-    plan = prepare_globals(backup, existing) if restore_globals else None
+    plan = prepare_globals(backup, existing, identity_file) if restore_globals else None
     check_roles(props, existing, db, plan["created"] if plan else ())
     if plan:
         result["globals"] = {"created": plan["created"], "kept": plan["kept"], "skipped_statements": plan["skipped"]}
@@ -903,7 +890,7 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
         if live_exists:
             drop_database(tools, db)
         create_database(tools, db, props, None)
-        restore_archive(tools, backup.path, db, jobs)
+        restore_archive(tools, backup.path, db, jobs, identity_file)
         tools.psql(db, "ANALYZE;", what="analyzing %s" % db)
         apply_properties(tools, db, props)
         result["tables"], problems = compare_contents(tools, db, backup.metadata)
@@ -916,7 +903,7 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
     temp = suffix_name(db, "restoring", when)
     create_database(tools, temp, props, db)
     try:
-        restore_archive(tools, backup.path, temp, jobs)
+        restore_archive(tools, backup.path, temp, jobs, identity_file)
         tools.psql(temp, "ANALYZE;", what="analyzing %s" % temp)
         result["tables"], problems = compare_contents(tools, temp, backup.metadata)
         if not problems:
@@ -978,15 +965,18 @@ def swap(tools, db, temp, previous):
     tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true;" % prev_q, what="reopening %s" % previous)
 
 
-def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None, critical_tables=None, queries=None):
+def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None, critical_tables=None, queries=None,
+           identity_file=None):
     """Checksums, full restore into a scratch database (always dropped), row counts, properties, critical tables, queries."""
     started = time.time()
-    backup = load_backup(src, dest, environment)
+    backup = load_backup(src, dest, environment, identity_file)
     check_privileges(tools)
     tools.check_client("pg_restore", tools.server_version_num(tools.maintenance_db))
     props = backup.metadata.get("database_properties", {})
     check_roles(props, existing_roles(tools), db)
     result = {"src": backup.path}
+    if backup.warnings:
+        result["warnings"] = list(backup.warnings)
     clean_leftovers(tools, db, result, False)
     scratch = scratch_db or suffix_name(db, "verify", utc_now())
     if database_exists(tools, scratch):
@@ -998,7 +988,7 @@ def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None,
     checks = []
     create_database(tools, scratch, props, db)
     try:
-        restore_archive(tools, backup.path, scratch, jobs)
+        restore_archive(tools, backup.path, scratch, jobs, identity_file)
         tables, problems = compare_contents(tools, scratch, backup.metadata)
         apply_properties(tools, scratch, props)
         result["database_properties"], more = compare_properties(tools, scratch, props)

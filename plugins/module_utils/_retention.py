@@ -47,6 +47,19 @@ BUCKET_RULES = (
 )
 SAFETY_REASON = "newest complete backup (the policy would delete every complete backup)"
 
+# The policy options as modules take them (doc fragment minimarket.backup.retention); shared so every
+# module that prunes (backup_prune locally, backup_offsite on the remote) has the same names and defaults.
+POLICY_ARGUMENT_SPEC = dict(
+    retention_days=dict(type="int", default=30),
+    keep_last=dict(type="int", default=3),
+    keep_hourly=dict(type="int", default=0),
+    keep_daily=dict(type="int", default=0),
+    keep_weekly=dict(type="int", default=0),
+    keep_monthly=dict(type="int", default=0),
+    keep_yearly=dict(type="int", default=0),
+    partial_max_age=dict(type="str", default="1d"),
+)
+
 
 def parse_duration(text, option="partial_max_age"):
     """``1d``, ``12h``, ``30m``, ``1d12h`` ... as a timedelta."""
@@ -92,6 +105,10 @@ class Policy(object):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise BackupError("%s must be a whole number >= 0 (0 turns the rule off), got %r" % (option, value))
         self.partial_max_age = parse_duration(partial_max_age)
+
+
+def policy_from_params(params):
+    return Policy(**dict((option, params[option]) for option in POLICY_ARGUMENT_SPEC))
 
 
 class Candidate(object):

@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
@@ -256,12 +255,13 @@ def _unique_containers(users):
 
 
 def archive(engine, names, dest, environment, compression="gzip", mode="auto", stop_containers=False,
-            helper_image=DEFAULT_HELPER_IMAGE, check_mode=False):
+            helper_image=DEFAULT_HELPER_IMAGE, check_mode=False, recipients=None):
     check_volume_names(names)
     if not names:
         raise BackupError("volumes is empty: list the volumes to archive")
     bs.check_environment(environment)
-    bs.archive_name(KIND, environment, bs.utc_now(), compression)
+    recipients = bs.check_recipients(recipients)
+    planned = bs.archive_name(KIND, environment, bs.utc_now(), compression, bool(recipients))
     infos = inspect_all(engine, names)
     mode = choose_mode(engine, infos, mode)
     users = running_users(engine, names)
@@ -272,24 +272,25 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
             if containers:
                 warnings.append("volume %s is in use by running containers %s; the archive may not be consistent "
                                 "(set stop_containers=true)" % (name, ", ".join(c[1] for c in containers)))
-    result = {"mode": mode, "changed": True, "warnings": warnings,
+    result = {"mode": mode, "changed": True, "warnings": warnings, "encrypted": bool(recipients), "recipients": recipients,
               "stopped_containers": [{"id": c[0], "name": c[1]} for c in to_stop]}
     if check_mode:
         result["volumes"] = [volume_record(info) for info in infos]
+        result["msg"] = "would write %s" % os.path.join(dest, planned)
         return result
     if not os.path.isdir(dest):
         os.makedirs(dest, 0o700)
     stopped = []
     with bs.backup_lock(dest, KIND, environment):
         when = bs.utc_now()
-        path = os.path.join(dest, bs.archive_name(KIND, environment, when, compression))
+        path = os.path.join(dest, bs.archive_name(KIND, environment, when, compression, bool(recipients)))
         if os.path.exists(path) or os.path.exists(bs.metadata_path(path)):
             raise BackupError("%s already exists (two backups in the same second): run again" % path)
         started = time.time()
         target = bs.AtomicFile(path)
         sink = None
         try:
-            sink = bs.CompressedSink(target.handle, compression)
+            sink = bs.CompressedSink(target.handle, compression, recipients)
             with containers_stopped(engine, to_stop, stopped):
                 if mode == "host":
                     groups = [(os.path.dirname(os.path.dirname(host_mountpoint(info))), "%s/_data" % info["Name"]) for info in infos]
@@ -321,6 +322,7 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
             "compression": compression,
             "size": size,
             "sha256": digest,
+            "encryption": bs.encryption_record(recipients),
             "read_mode": mode,
             "volumes": records,
             "stopped_containers": [entry["name"] for entry in stopped],
@@ -335,43 +337,6 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
     return result
 
 
-@contextlib.contextmanager
-def decompressed(path, compression, digest=None):
-    """The archive's tar stream as a readable pipe; bytes read from disk are hashed into ``digest``.
-
-    A thread pumps the file so the sha256 is taken over exactly the bytes that
-    were decompressed (a file swapped after the checksum step is caught).
-    """
-    command = bs.decompressor_command(compression) or ["cat"]
-    errors = []
-    with _popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
-        def pump():
-            try:
-                with open(path, "rb") as handle:
-                    for block in iter(lambda: handle.read(READ), b""):
-                        if digest is not None:
-                            digest.update(block)
-                        proc.stdin.write(block)
-            except (OSError, ValueError) as exc:
-                errors.append(exc)
-            finally:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-        thread = threading.Thread(target=pump)
-        thread.daemon = True
-        thread.start()
-        try:
-            yield proc.stdout
-        finally:
-            proc.stdout.close()
-            thread.join()
-    if errors and not isinstance(errors[0], BrokenPipeError):
-        raise BackupError("reading %s failed: %s" % (path, errors[0]))
-    if proc.returncode != 0:
-        raise BackupError("%s is damaged: %s failed (%s); use another backup" % (
-            os.path.basename(path), command[0], proc.stderr_text.strip().splitlines()[-1:] or proc.returncode))
-
-
 def scan_archive(backup, allow_devices=False, contents=True):
     """Stream the whole archive once: every member safe, every volume's counts (and digest) equal to the metadata.
 
@@ -382,7 +347,7 @@ def scan_archive(backup, allow_devices=False, contents=True):
     declared = [v["name"] for v in backup.metadata.get("volumes", [])]
     check_volume_names(declared)
     checker = SafetyChecker(declared, allow_devices=allow_devices)
-    with decompressed(backup.path, bs.compression_of(backup.name)) as stream:
+    with bs.archive_stream(backup.path, backup.identity_file) as stream:
         reader = TeeReader(stream)
         summaries = scan_stream(reader, checker=checker, contents=contents)
         reader.drain()
@@ -402,14 +367,15 @@ def scan_archive(backup, allow_devices=False, contents=True):
     return report
 
 
-def verify(src, dest, environment, allow_devices=False, engine=None, mode="auto", helper_image=DEFAULT_HELPER_IMAGE):
+def verify(src, dest, environment, allow_devices=False, engine=None, mode="auto", helper_image=DEFAULT_HELPER_IMAGE,
+           identity_file=None):
     """Checksum, member safety and content digests; with ``engine``, also a restore into scratch volumes.
 
     A host-mode scratch restore makes every check of the plain scan in the
     same pass, so the archive is not decompressed twice.
     """
-    backup = bs.resolve_source(src, dest, KIND, environment)
-    result = {"archive": backup.path, "sha256": backup.metadata["sha256"]}
+    backup = bs.resolve_source(src, dest, KIND, environment, identity_file)
+    result = {"archive": backup.path, "sha256": backup.metadata["sha256"], "warnings": list(backup.warnings)}
     if engine is None:
         result["volumes"] = scan_archive(backup, allow_devices)
     else:
@@ -447,7 +413,7 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False,
             sink = TarSink(proc.stdin)
             extractions.append((staging, proc, sink, names))
             sinks.update((name, sink) for name in names)
-        stream = stack.enter_context(decompressed(backup.path, bs.compression_of(backup.name), digest))
+        stream = stack.enter_context(bs.archive_stream(backup.path, backup.identity_file, digest))
         try:
             summaries = extract_stream(stream, checker, sinks)
             for extraction in extractions:
@@ -552,7 +518,7 @@ def _api_put(engine, backup, records, helper_image, mounts, wipe):
     with engine.helper(helper_image, mounts, read_only=False, command=command) as container_id:
         if wipe:
             engine.run_helper(container_id)
-        with decompressed(backup.path, bs.compression_of(backup.name), digest) as stream:
+        with bs.archive_stream(backup.path, backup.identity_file, digest) as stream:
             try:
                 ok = engine.api.put_archive(container_id, "/mm", stream)
             except Exception as exc:
@@ -599,8 +565,9 @@ def scratch_check(engine, backup, mode="auto", helper_image=DEFAULT_HELPER_IMAGE
 
 
 def restore(engine, src, dest, environment, names=None, mode="auto", stop_containers=False,
-            helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False, check_mode=False, check_restored=True):
-    backup = bs.resolve_source(src, dest, KIND, environment)
+            helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False, check_mode=False, check_restored=True, identity_file=None):
+    # The key of an encrypted archive is proven here, before any container is stopped or volume touched.
+    backup = bs.resolve_source(src, dest, KIND, environment, identity_file)
     available = [v["name"] for v in backup.metadata.get("volumes", [])]
     if names:
         check_volume_names(names)
@@ -625,7 +592,8 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
     to_stop = _unique_containers(busy)
     actions = dict((name, "replaced" if existing[name] is not None else "created") for name in names)
     summary = dict((entry["name"], entry) for entry in report or backup.metadata["volumes"])
-    result = {"archive": backup.path, "changed": True, "stopped_containers": [{"id": c[0], "name": c[1]} for c in to_stop],
+    result = {"archive": backup.path, "changed": True, "warnings": list(backup.warnings),
+              "stopped_containers": [{"id": c[0], "name": c[1]} for c in to_stop],
               "volumes": [{"name": name, "action": actions[name], "files": summary[name]["files"],
                            "size": summary[name]["size"]} for name in names]}
     if check_mode:

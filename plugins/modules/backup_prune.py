@@ -55,47 +55,8 @@ options:
         C(database_prod-eu_...).
     type: str
     required: true
-  retention_days:
-    description:
-      - Keep every backup younger than this many days (measured from now). V(0) turns the rule off.
-    type: int
-    default: 30
-  keep_last:
-    description:
-      - Always keep the newest N complete backups. V(0) turns the rule off.
-    type: int
-    default: 3
-  keep_hourly:
-    description:
-      - Keep the newest backup of each of the last N UTC hours that have a complete backup. V(0) turns the rule off.
-    type: int
-    default: 0
-  keep_daily:
-    description:
-      - Keep the newest backup of each of the last N UTC days that have a complete backup. V(0) turns the rule off.
-    type: int
-    default: 0
-  keep_weekly:
-    description:
-      - Keep the newest backup of each of the last N ISO weeks that have a complete backup. V(0) turns the rule off.
-    type: int
-    default: 0
-  keep_monthly:
-    description:
-      - Keep the newest backup of each of the last N months that have a complete backup. V(0) turns the rule off.
-    type: int
-    default: 0
-  keep_yearly:
-    description:
-      - Keep the newest backup of each of the last N years that have a complete backup. V(0) turns the rule off.
-    type: int
-    default: 0
-  partial_max_age:
-    description:
-      - C(.partial) leftovers older than this are deleted; incomplete backups are never deleted before this age.
-      - A number followed by V(s), V(m), V(h), V(d) or V(w), for example V(1d), V(12h), V(30m) or V(1d12h).
-    type: str
-    default: 1d
+extends_documentation_fragment:
+  - minimarket.backup.retention
 notes:
   - Days, weeks, months and years are UTC, like the timestamps in the file names.
 seealso:
@@ -222,33 +183,19 @@ warnings:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, utc_now
-from ansible_collections.minimarket.backup.plugins.module_utils._retention import Policy, prune
-
-POLICY_OPTIONS = (
-    "retention_days", "keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly",
-    "partial_max_age",
-)
+from ansible_collections.minimarket.backup.plugins.module_utils._retention import POLICY_ARGUMENT_SPEC, policy_from_params, prune
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            prefix=dict(type="str", required=True),
-            retention_days=dict(type="int", default=30),
-            keep_last=dict(type="int", default=3),
-            keep_hourly=dict(type="int", default=0),
-            keep_daily=dict(type="int", default=0),
-            keep_weekly=dict(type="int", default=0),
-            keep_monthly=dict(type="int", default=0),
-            keep_yearly=dict(type="int", default=0),
-            partial_max_age=dict(type="str", default="1d"),
-        ),
-        supports_check_mode=True,
+    argument_spec = dict(
+        path=dict(type="path", required=True),
+        prefix=dict(type="str", required=True),
     )
+    argument_spec.update(POLICY_ARGUMENT_SPEC)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     params = module.params
     try:
-        policy = Policy(**dict((option, params[option]) for option in POLICY_OPTIONS))
+        policy = policy_from_params(params)
         result = prune(params["path"], params["prefix"], policy, utc_now(), module.check_mode)
     except BackupError as exc:
         module.fail_json(msg=str(exc))

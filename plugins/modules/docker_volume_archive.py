@@ -30,11 +30,17 @@ description:
   - Restores check the archive sha256 and every member before writing anything
     and refuse absolute names, C(..), members outside the volume directories,
     hard links leaving their volume, writes through symlinks and device nodes.
+  - With O(age_recipients) the archive is encrypted with C(age) while it is
+    written (C(volumes_<env>_<YYYYMMDD_HHMMSS>.tar.gz.age)); restoring or
+    verifying it needs O(age_identity_file), which is proven to open the archive
+    before any container is stopped or any volume touched.
 author:
   - Mini Market operations (!UNKNOWN)
 requirements:
   - Docker SDK for Python (C(docker)) on the target.
   - GNU tar, and C(pigz)/C(gzip) or C(zstd) for compressed archives.
+extends_documentation_fragment:
+  - minimarket.backup.encryption
 attributes:
   check_mode:
     support: full
@@ -145,6 +151,23 @@ EXAMPLES = r"""
     dest: /var/backups/minimarket/volumes
     environment: production
 
+- name: Archive encrypted for the shop's recovery key
+  minimarket.backup.docker_volume_archive:
+    volumes:
+      - inventario-retail_grafana-data
+    dest: /var/backups/minimarket/volumes
+    environment: production
+    stop_containers: true
+    age_recipients:
+      - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+
+- name: Check the newest encrypted archive with the key copied to the host
+  minimarket.backup.docker_volume_archive:
+    state: verify
+    dest: /var/backups/minimarket/volumes
+    environment: production
+    age_identity_file: /etc/minimarket-backup/age-identity.txt
+
 - name: Restore only Grafana from a given archive
   minimarket.backup.docker_volume_archive:
     state: restore
@@ -196,11 +219,27 @@ duration:
   description: Seconds spent reading the volumes and writing the archive.
   returned: state=archive, not in check mode
   type: float
+encrypted:
+  description: Whether the archive is (or would be, in check mode) encrypted with C(age).
+  returned: state=archive
+  type: bool
+  sample: true
+recipients:
+  description: The age public keys the archive is encrypted to (empty when not encrypted).
+  returned: state=archive
+  type: list
+  elements: str
+  sample: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]
+msg:
+  description: The archive that would be written.
+  returned: state=archive in check mode
+  type: str
+  sample: would write /var/backups/minimarket/volumes/volumes_production_20251007_120000.tar.gz.age
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, encryption_argument_spec
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import (
     DOCKER_IMPORT_ERROR,
     HAS_DOCKER,
@@ -210,24 +249,23 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _volume_a
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type="str", default="archive", choices=["archive", "restore", "verify"]),
-            volumes=dict(type="list", elements="str", default=[]),
-            dest=dict(type="path", required=True),
-            environment=dict(type="str", required=True),
-            compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "none"]),
-            stop_containers=dict(type="bool", default=False),
-            src=dict(type="str", default="latest"),
-            docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
-            mode=dict(type="str", default="auto", choices=["auto", "host", "api"]),
-            helper_image=dict(type="str", default=va.DEFAULT_HELPER_IMAGE),
-            allow_devices=dict(type="bool", default=False),
-            check_restored=dict(type="bool", default=True),
-            scratch_restore=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
+    argument_spec = encryption_argument_spec()
+    argument_spec.update(
+        state=dict(type="str", default="archive", choices=["archive", "restore", "verify"]),
+        volumes=dict(type="list", elements="str", default=[]),
+        dest=dict(type="path", required=True),
+        environment=dict(type="str", required=True),
+        compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "none"]),
+        stop_containers=dict(type="bool", default=False),
+        src=dict(type="str", default="latest"),
+        docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
+        mode=dict(type="str", default="auto", choices=["auto", "host", "api"]),
+        helper_image=dict(type="str", default=va.DEFAULT_HELPER_IMAGE),
+        allow_devices=dict(type="bool", default=False),
+        check_restored=dict(type="bool", default=True),
+        scratch_restore=dict(type="bool", default=False),
     )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not HAS_DOCKER:
         module.fail_json(
             msg="the Python 'docker' SDK is not installed on the target host: install it (pip install docker, "
@@ -238,8 +276,11 @@ def main():
     try:
         if p["state"] == "verify":
             engine = Engine(p["docker_host"]) if p["scratch_restore"] and not module.check_mode else None
-            result = va.verify(p["src"], p["dest"], p["environment"], p["allow_devices"], engine, p["mode"], p["helper_image"])
+            result = va.verify(p["src"], p["dest"], p["environment"], p["allow_devices"], engine, p["mode"], p["helper_image"],
+                               p["age_identity_file"])
             result["changed"] = False
+            for warning in result.pop("warnings"):
+                module.warn(warning)
             module.exit_json(**result)
         engine = Engine(p["docker_host"])
         if p["state"] == "archive":
@@ -247,7 +288,7 @@ def main():
                 module.fail_json(msg="state=archive needs volumes: list the volumes to archive")
             result = va.archive(
                 engine, p["volumes"], p["dest"], p["environment"], p["compression"], p["mode"],
-                p["stop_containers"], p["helper_image"], module.check_mode,
+                p["stop_containers"], p["helper_image"], module.check_mode, p["age_recipients"],
             )
             for warning in result.pop("warnings"):
                 module.warn(warning)
@@ -255,7 +296,10 @@ def main():
             result = va.restore(
                 engine, p["src"], p["dest"], p["environment"], p["volumes"] or None, p["mode"],
                 p["stop_containers"], p["helper_image"], p["allow_devices"], module.check_mode, p["check_restored"],
+                p["age_identity_file"],
             )
+            for warning in result.pop("warnings"):
+                module.warn(warning)
             if module._diff:
                 result["diff"] = {
                     "before": dict((v["name"], "exists" if v["action"] == "replaced" else "absent") for v in result["volumes"]),

@@ -29,17 +29,21 @@ description:
     comment this module puts on it, never by its name alone.
   - O(state=verify) checks the checksums, restores into a scratch database that is always dropped, compares row counts,
     and checks O(critical_tables) and O(queries).
+  - With O(age_recipients), O(state=dump) writes C(database_<environment>_<YYYYMMDD_HHMMSS>.tar.gz.age) encrypted with
+    C(age); O(state=restore) and O(state=verify) of such an archive need O(age_identity_file) and prove it opens the
+    archive before anything is touched.
 author:
   - Mini Market operations (!UNKNOWN)
 extends_documentation_fragment:
   - minimarket.backup.postgres
+  - minimarket.backup.encryption
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - O(state=dump) and O(state=restore) check the server and the archive and report what they would do.
-      - O(state=verify) only checks the archive's checksum in check mode.
+      - O(state=verify) only checks the archive's checksum (and that O(age_identity_file) opens an encrypted one) in check mode.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
@@ -174,6 +178,26 @@ EXAMPLES = r"""
     src: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
     restore_globals: true
 
+- name: Dump encrypted for two keys (the private keys stay off the host)
+  minimarket.backup.pg_split_dump:
+    db: minimarket
+    container: inventario-retail_postgres_1
+    dest: /var/backups/minimarket/database
+    environment: production
+    age_recipients:
+      - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+      - age1lggyhqrw2nlhcxprm67z43rta597azn8gknawjehu9d9dl0jq3yqqvfafg
+
+- name: Restore the newest encrypted backup with a key copied to the host for the restore
+  minimarket.backup.pg_split_dump:
+    state: restore
+    db: minimarket
+    container: inventario-retail_postgres_1
+    dest: /var/backups/minimarket/database
+    environment: production
+    src: latest
+    age_identity_file: /etc/minimarket-backup/age-identity.txt
+
 - name: Prove last night's backup can be restored
   minimarket.backup.pg_split_dump:
     state: verify
@@ -205,10 +229,21 @@ size:
   type: int
   sample: 1048576
 sha256:
-  description: sha256 of the archive.
+  description: sha256 of the archive (of the encrypted bytes when encrypted).
   returned: state=dump and not check mode
   type: str
   sample: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+encrypted:
+  description: Whether the archive is (or would be, in check mode) encrypted with C(age).
+  returned: state=dump
+  type: bool
+  sample: true
+recipients:
+  description: The age public keys the archive is encrypted to (empty when not encrypted).
+  returned: state=dump
+  type: list
+  elements: str
+  sample: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]
 duration:
   description: Seconds the whole operation took.
   returned: success and not check mode
@@ -308,7 +343,12 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
+    BackupError,
+    check_recipients,
+    encryption_argument_spec,
+    metadata_path,
+)
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import (
     VerifyFailed,
     check_dest,
@@ -326,31 +366,35 @@ def run(module, tools):
     state = params["state"]
     if state == "dump":
         if module.check_mode:
+            recipients = check_recipients(params["age_recipients"])
             check_dest(params["dest"])
             tools.check_client("pg_dump", tools.server_version_num(params["db"]))
-            path = plan_dump(params["dest"], params["environment"], params["compression"])
-            return dict(changed=True, archive=path, metadata=path[: path.rindex(".tar")] + "_metadata.json",
-                        msg="would write %s" % path)
+            path = plan_dump(params["dest"], params["environment"], params["compression"], encrypted=bool(recipients))
+            return dict(changed=True, archive=path, metadata=metadata_path(path), encrypted=bool(recipients),
+                        recipients=recipients, msg="would write %s" % path)
         result = dump(tools, params["db"], params["dest"], params["environment"], params["compression"],
-                      params["jobs"], params["include_globals"])
+                      params["jobs"], params["include_globals"], params["age_recipients"])
         return dict(changed=True, **result)
+    identity_file = params["age_identity_file"]
     if state == "restore":
         result = restore(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
                          strategy=params["strategy"], jobs=params["jobs"], keep_previous=params["keep_previous"],
-                         check_mode=module.check_mode, restore_globals=params["restore_globals"])
+                         check_mode=module.check_mode, restore_globals=params["restore_globals"], identity_file=identity_file)
         return dict(changed=True, **result)
     if module.check_mode:
-        backup = load_backup(params["src"], params["dest"], params["environment"])
-        return dict(changed=False, src=backup.path, msg="checksum of %s verified; contents not restored in check mode" % backup.name)
+        backup = load_backup(params["src"], params["dest"], params["environment"], identity_file)
+        return dict(changed=False, src=backup.path, warnings=backup.warnings,
+                    msg="checksum of %s verified; contents not restored in check mode" % backup.name)
     result = verify(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
                     jobs=params["jobs"], scratch_db=params["scratch_db"], critical_tables=params["critical_tables"],
-                    queries=params["queries"])
+                    queries=params["queries"], identity_file=identity_file)
     # The scratch database is gone again; only dropping a leftover of an earlier run changes anything.
     return dict(changed=bool(result["leftovers_dropped"]), **result)
 
 
 def main():
     argument_spec = postgres_common_argument_spec()
+    argument_spec.update(encryption_argument_spec())
     argument_spec.update(
         state=dict(type="str", default="dump", choices=["dump", "restore", "verify"]),
         db=dict(type="str", required=True),

@@ -17,8 +17,8 @@ STANDARD = {"action", "changed", "failed", "invocation", "warnings", "deprecatio
 # (scenario, extra args, check mode, changed, documented keys it must return)
 SCENARIOS = [
     ("dump", dict(state="dump", include_globals=True), False, True,
-     {"archive", "metadata", "size", "sha256", "duration", "tables"}),
-    ("dump in check mode", dict(state="dump"), True, True, {"archive", "metadata", "msg"}),
+     {"archive", "metadata", "size", "sha256", "duration", "tables", "encrypted", "recipients"}),
+    ("dump in check mode", dict(state="dump"), True, True, {"archive", "metadata", "msg", "encrypted", "recipients"}),
     ("restore in check mode", dict(state="restore", src="latest", restore_globals=True), True, True,
      {"src", "database", "strategy", "previous", "tables", "leftovers_dropped", "globals", "msg"}),
     ("restore", dict(state="restore", src="latest", keep_previous=False, restore_globals=True), False, True,

@@ -11,6 +11,8 @@ import pytest
 
 from test_playbooks import ROOT, ansible
 
+pytest_plugins = ["tests.offsite_fixtures"]
+
 PROJECT = "inventario-retail"
 POSTGRES = PROJECT + "_postgres_1"
 
@@ -34,6 +36,10 @@ def play(playbook, root, *extra):
 def newest(root, kind):
     directory = os.path.join(root, "database" if kind == "database" else "volumes")
     return os.path.join(directory, sorted(n for n in os.listdir(directory) if n.endswith(".tar.gz"))[-1])
+
+
+def listing(directory):
+    return sorted(name for name in os.listdir(directory) if not name.startswith("."))
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +121,38 @@ def test_verification_fails_loudly_on_a_corrupted_dump_and_leaves_the_live_datab
     assert len(reports) == 2
     assert json.load(open(os.path.join(tmp_path, "reports", reports[-1])))["ok"] in (False, "False")
     assert psql("SELECT count(*) FROM ventas") == live
+
+
+def test_recover_full_after_the_disk_died_fetches_encrypted_backups_from_the_second_location(stack, sftp_server, tmp_path):
+    key = tmp_path / "age-identity.txt"
+    sh("age-keygen", "-o", str(key))
+    recipient = sh("age-keygen", "-y", str(key)).strip()
+    settings = json.dumps({
+        "minimarket_offsite_remote": "offsite:%s/stacktest" % sftp_server.store,
+        "minimarket_offsite_remote_config": sftp_server.remote_config,
+        "minimarket_age_recipients": [recipient],
+        "minimarket_age_identity_file": str(key),
+    })
+    root = tmp_path / "backups"
+    rc, out = play("backup_volumes.yml", root, "-e", settings)
+    assert rc == 0, out
+    rc, out = play("backup_database.yml", root, "-e", settings)
+    assert rc == 0, out
+    remote = dict((kind, listing(os.path.join(sftp_server.store, "stacktest", kind))) for kind in ("database", "volumes"))
+    for kind, names in remote.items():
+        assert [n for n in names if n.endswith(".age")] and len(names) == 2, (kind, names)
+    before = psql("SELECT count(*) FROM ventas")
+
+    sh("rm", "-rf", str(root))  # the disk died: the backups exist only at the second location
+    psql("DELETE FROM venta_items WHERE venta_id IN (SELECT id FROM ventas ORDER BY id DESC LIMIT 7)")
+    psql("DELETE FROM ventas WHERE id IN (SELECT id FROM ventas ORDER BY id DESC LIMIT 7)")
+
+    rc, out = play("recover_full.yml", root, "-e", settings, "-e", "confirm=yes")
+    assert rc == 0, out
+    assert psql("SELECT count(*) FROM ventas") == before
+    for kind, names in remote.items():
+        fetched = listing(os.path.join(root, kind))
+        assert fetched == names, (kind, fetched)
+        for name in fetched:
+            assert oct(os.stat(os.path.join(root, kind, name)).st_mode & 0o777) == "0o600"
+
