@@ -102,17 +102,17 @@ def module_env():
     return env
 
 
-def module_argv(args, check_mode=False, tmpdir=None):
+def module_argv(args, check_mode=False, tmpdir=None, module=MODULE, diff=False):
     """argv running the real module entry point with an Ansible args file."""
-    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check_mode)}
+    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)}
     handle, path = tempfile.mkstemp(suffix=".json", dir=tmpdir)
     with os.fdopen(handle, "w") as out:
         json.dump(payload, out)
-    return [sys.executable, MODULE, path], path
+    return [sys.executable, module, path], path
 
 
-def run_module(args, check_mode=False, timeout=600):
-    argv, path = module_argv(args, check_mode)
+def run_module(args, check_mode=False, timeout=600, module=MODULE, diff=False):
+    argv, path = module_argv(args, check_mode, module=module, diff=diff)
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, env=module_env(), timeout=timeout, check=False)
     finally:

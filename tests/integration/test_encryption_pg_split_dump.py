@@ -2,24 +2,17 @@
 import hashlib
 import json
 import os
-import subprocess
 
 import pytest
 
 from testenv import pgcompare
 from testenv.seed.minimarket_seed import seed
 from tests.pg_fixtures import conn_args, dest_files, run_module, unique
+from tests.age_keys import make_key
 
 pytest_plugins = ["tests.pg_fixtures"]
 
 MARKER = "MARCA-CIFRADO-cliente-4f1c9e"
-
-
-def make_key(directory, name):
-    path = os.path.join(str(directory), name)
-    subprocess.run(["age-keygen", "-o", path], check=True, capture_output=True)
-    public = subprocess.run(["age-keygen", "-y", path], check=True, capture_output=True, text=True).stdout.strip()
-    return path, public
 
 
 @pytest.fixture

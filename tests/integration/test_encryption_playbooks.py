@@ -1,18 +1,11 @@
 """Encryption through the playbooks as an operator runs them: inventory variables reach the roles."""
 import json
 import os
-import subprocess
 
 from test_playbooks import ansible
 
 from testenv import pgcompare
-
-
-def make_key(directory, name):
-    path = os.path.join(str(directory), name)
-    subprocess.run(["age-keygen", "-o", path], check=True, capture_output=True)
-    public = subprocess.run(["age-keygen", "-y", path], check=True, capture_output=True, text=True).stdout.strip()
-    return path, public
+from tests.age_keys import make_key
 
 
 def run(playbook, tmp_path, db_vars, *extra, password):

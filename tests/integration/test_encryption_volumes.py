@@ -8,18 +8,12 @@ import pytest
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive as va
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
 from tests.volume_fixtures import populate, read_metadata, snapshot
+from tests.age_keys import make_key
 
 pytest_plugins = ["tests.volume_fixtures"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARKER = b"MARCA-CIFRADO-grafana-91d2c7"
-
-
-def make_key(directory, name):
-    path = os.path.join(str(directory), name)
-    subprocess.run(["age-keygen", "-o", path], check=True, capture_output=True)
-    public = subprocess.run(["age-keygen", "-y", path], check=True, capture_output=True, text=True).stdout.strip()
-    return path, public
 
 
 def leftovers(mountpoint):

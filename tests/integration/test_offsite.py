@@ -3,15 +3,13 @@ import datetime
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import tempfile
 
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _offsite
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import metadata_path, utc_now
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import Policy, plan
+from tests import pg_fixtures
 from tests.offsite_fixtures import S3_SECRET_KEY, subprocess_run
 from tests.retention_fixtures import BackupDir
 
@@ -24,21 +22,9 @@ T0 = datetime.datetime(2025, 1, 1, 2, 0, tzinfo=UTC)
 
 
 def run_module(args, check_mode=False, diff=False):
-    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check_mode, _ansible_diff=diff)}
-    handle, path = tempfile.mkstemp(suffix=".json")
-    with os.fdopen(handle, "w") as out:
-        json.dump(payload, out)
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, ".collections"))
-    try:
-        proc = subprocess.run([sys.executable, MODULE, path], capture_output=True, text=True, env=env, timeout=300, check=False)
-    finally:
-        os.unlink(path)
-    try:
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise AssertionError("module printed no JSON: rc=%s stdout=%r stderr=%r" % (proc.returncode, proc.stdout, proc.stderr))
-    result["_rc"] = proc.returncode
-    assert S3_SECRET_KEY not in proc.stdout + proc.stderr
+    """The real module entry point; the S3 secret must never come back in its output."""
+    result = pg_fixtures.run_module(args, check_mode=check_mode, timeout=300, module=MODULE, diff=diff)
+    assert S3_SECRET_KEY not in json.dumps(result)
     return result
 
 

@@ -9,17 +9,10 @@ import pytest
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import Policy, plan, prune
 from tests.retention_fixtures import BackupDir
+from tests.age_keys import make_key
 
 WHEN = datetime.datetime(2025, 10, 7, 12, 0, 0, tzinfo=datetime.timezone.utc)
 UTC = datetime.timezone.utc
-
-
-def make_key(directory, name="key.txt"):
-    """(identity path, public key) made by age-keygen; the identity file is 0600."""
-    path = os.path.join(str(directory), name)
-    subprocess.run(["age-keygen", "-o", path], check=True, capture_output=True)
-    public = subprocess.run(["age-keygen", "-y", path], check=True, capture_output=True, text=True).stdout.strip()
-    return path, public
 
 
 @pytest.fixture
