@@ -155,4 +155,3 @@ def test_recover_full_after_the_disk_died_fetches_encrypted_backups_from_the_sec
         assert fetched == names, (kind, fetched)
         for name in fetched:
             assert oct(os.stat(os.path.join(root, kind, name)).st_mode & 0o777) == "0o600"
-
