@@ -59,7 +59,7 @@ class ContentHasher(object):
         self.size = 0
 
     def _block(self, block):
-        if block == ZERO_BLOCK[: len(block)]:
+        if ZERO_BLOCK.startswith(block):
             self._zero_blocks += 1
             return
         if self._zero_blocks:
@@ -81,7 +81,7 @@ class ContentHasher(object):
         view = memoryview(data)
         whole = len(view) - len(view) % BLOCK
         for start in range(0, whole, BLOCK):
-            self._block(view[start:start + BLOCK].tobytes())
+            self._block(view[start:start + BLOCK])
         self._buf += view[whole:]
 
     def hole(self, length):
