@@ -342,11 +342,12 @@ def write_metadata(archive_path, data):
     return path
 
 
-def compressor_command(compression):
+def compressor_command(compression, level=None):
+    """``level`` None: gzip 6 (the size of the documented ``tar czf``), zstd 3."""
     if compression == "zstd":
-        return ["zstd", "-q", "-T0", "-3", "-c"]
+        return ["zstd", "-q", "-T0", "-%d" % (level or 3), "-c"]
     if compression == "gzip":
-        return [shutil.which("pigz") and "pigz" or "gzip", "-c", "-6"]
+        return [shutil.which("pigz") and "pigz" or "gzip", "-c", "-%d" % (level or 6)]
     return None
 
 
@@ -426,7 +427,7 @@ class CompressedSink(object):
     those of the encrypted bytes, the ones on disk.
     """
 
-    def __init__(self, target, compression, recipients=None):
+    def __init__(self, target, compression, recipients=None, level=None):
         self.target = target
         self.digest = hashlib.sha256()
         self.size = 0
@@ -434,7 +435,7 @@ class CompressedSink(object):
         self._procs = []
         self._thread = None
         commands = []
-        command = compressor_command(compression)
+        command = compressor_command(compression, level)
         if command is not None:
             commands.append(("compressor %s" % command[0], command))
         if recipients:

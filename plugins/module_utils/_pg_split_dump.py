@@ -68,6 +68,7 @@ CHUNK = 4 * 1024 * 1024
 QUEUE_DEPTH = 2
 MANIFEST = "manifest.json"
 LAST = ".last"
+LEVELS = {"gzip": 9, "zstd": 19}
 
 USER_RELATIONS = """
 SELECT n.nspname, c.relname, c.relpages
@@ -273,7 +274,14 @@ def plan_dump(dest, environment, compression, when=None, encrypted=False):
     return path
 
 
-def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globals=False, recipients=None):
+def check_compression_level(compression, level):
+    if level is not None and not 1 <= level <= LEVELS.get(compression, 0):
+        raise BackupError("compression_level %s does not fit compression %s: use 1-9 for gzip, 1-19 for zstd, "
+                          "and leave it unset for none" % (level, compression))
+
+
+def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globals=False, recipients=None,
+         compression_level=None):
     """Write one complete backup or raise BackupError leaving nothing that looks complete.
 
     With ``recipients`` (age public keys) the archive is encrypted as it is written.
@@ -282,6 +290,7 @@ def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globa
     check_environment(environment)
     if compression not in EXTENSIONS:
         raise BackupError("compression %r is not supported: use gzip, zstd or none" % compression)
+    check_compression_level(compression, compression_level)
     recipients = check_recipients(recipients)
     check_dest(dest)
     server_num = tools.server_version_num(db)
@@ -296,7 +305,7 @@ def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globa
         try:
             snapshot, relations, counts, objects, props = snapshot_facts(session, db)
             with AtomicFile(path) as target:
-                sink = CompressedSink(target.handle, compression, recipients)
+                sink = CompressedSink(target.handle, compression, recipients, compression_level)
                 try:
                     manifest = _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, int(when.timestamp()))
                     size, sha256 = sink.close()

@@ -306,3 +306,20 @@ def test_properties_compare_regardless_of_order():
     with pytest.raises(BackupError, match=r"^role\(s\) a, b, r, used by database d .* restore_globals: true"):
         psd.check_roles(one, {"o"}, "d")
     psd.check_roles(one, {"o", "a"}, "d", created=("b", "r"))
+
+
+def test_compression_level_is_checked_and_reaches_the_compressor(tmp_path):
+    psd.check_compression_level("gzip", None)
+    psd.check_compression_level("zstd", 19)
+    for compression, level in (("gzip", 0), ("gzip", 10), ("zstd", 20), ("none", 1)):
+        with pytest.raises(BackupError, match="^compression_level %d does not fit compression %s: use 1-9 for gzip" % (level, compression)):
+            psd.check_compression_level(compression, level)
+    payload = b"producto;precio;stock\n" * 200000
+    sizes = {}
+    for level in (1, 9):
+        with open(str(tmp_path / ("x%d.gz" % level)), "wb") as handle:
+            sink = CompressedSink(handle, "gzip", level=level)
+            sink.write(payload)
+            sizes[level] = sink.close()[0]
+        assert gzip.decompress(open(str(tmp_path / ("x%d.gz" % level)), "rb").read()) == payload
+    assert sizes[9] < sizes[1]
