@@ -148,19 +148,20 @@ def main():
                 figures["documented_archive_bytes"] = os.path.getsize(os.path.join(doc_dir, "documented.tar.gz"))
                 record("pg_dump_Fc_devnull", timed_s(lambda: shell("%s -Fc -d %s > /dev/null" % (dump, DB), env)))
                 record("pg_dump_Fc_Z0_devnull", timed_s(lambda: shell("%s -Fc -Z0 -d %s > /dev/null" % (dump, DB), env)))
-                for compression in ("gzip", "zstd"):
-                    dest = os.path.join(work, compression)
+                for compression, level in (("gzip", None), ("zstd", None), ("gzip", 1)):
+                    key = compression + ("%d" % level if level else "")
+                    dest = os.path.join(work, key)
                     shutil.rmtree(dest, ignore_errors=True)
                     os.mkdir(dest)
                     elapsed, result, peak = run_module(dict(conn_args, state="dump", dest=dest, environment="bench",
-                                                            compression=compression))
-                    record("module_dump_" + compression, elapsed)
-                    figures["module_%s_archive_bytes" % compression] = result["size"]
-                    figures["module_%s_peak_rss_mb" % compression] = max(
-                        figures.get("module_%s_peak_rss_mb" % compression, 0), round(peak["rss_kb"] / 1024.0, 1))
-                    figures["module_%s_peak_dest_bytes" % compression] = max(
-                        figures.get("module_%s_peak_dest_bytes" % compression, 0), peak["dest_bytes"])
-                    figures["module_%s_archive" % compression] = result["archive"]
+                                                            compression=compression, compression_level=level))
+                    record("module_dump_" + key, elapsed)
+                    figures["module_%s_archive_bytes" % key] = result["size"]
+                    figures["module_%s_peak_rss_mb" % key] = max(
+                        figures.get("module_%s_peak_rss_mb" % key, 0), round(peak["rss_kb"] / 1024.0, 1))
+                    figures["module_%s_peak_dest_bytes" % key] = max(
+                        figures.get("module_%s_peak_dest_bytes" % key, 0), peak["dest_bytes"])
+                    figures["module_%s_archive" % key] = result["archive"]
                 record("documented_restore", timed_s(documented_restore))
                 elapsed, result, peak = run_module(dict(conn_args, state="restore", db="restored", src=figures["module_zstd_archive"],
                                                         environment="bench", keep_previous=False))
@@ -176,6 +177,8 @@ def main():
     ratios = {
         "dump gzip speed-up vs documented (target >= 2)": s["documented_dump"] / s["module_dump_gzip"],
         "dump zstd speed-up vs documented (target >= 3)": s["documented_dump"] / s["module_dump_zstd"],
+        "dump gzip compression_level=1 speed-up vs documented": s["documented_dump"] / s["module_dump_gzip1"],
+        "archive size gzip level 1 / level 6": figures["module_gzip1_archive_bytes"] / float(figures["module_gzip_archive_bytes"]),
         "dump zstd time / pg_dump -Fc to /dev/null (target <= 1.3)": s["module_dump_zstd"] / s["pg_dump_Fc_devnull"],
         "dump zstd time / pg_dump -Fc -Z0 to /dev/null": s["module_dump_zstd"] / s["pg_dump_Fc_Z0_devnull"],
         "restore speed-up vs psql replay (target >= 2)": s["documented_restore"] / s["module_restore_zstd"],
