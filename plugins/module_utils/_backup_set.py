@@ -299,12 +299,45 @@ def fsync_directory(directory):
         os.close(fd)
 
 
-class AtomicFile(object):
-    """A 0600 file written as ``<path>.partial`` and renamed into place only by commit()."""
+def remove_stale_partials(directory, kind, environment):
+    """Only under backup_lock: a .partial of this set that nobody is writing is what a killed run left."""
+    removed = []
+    prefix = "%s_%s_" % (kind, environment)
+    for name in sorted(os.listdir(directory)):
+        if not (name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX)):
+            continue
+        base = name[: -len(PARTIAL_SUFFIX)]
+        if base.endswith(METADATA_SUFFIX):
+            base = base[: -len(METADATA_SUFFIX)] + ".tar"
+        parsed = parse_archive_name(base)
+        if parsed is not None and parsed[:2] == (kind, environment):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
 
-    def __init__(self, path):
+
+def new_archive_path(directory, kind, environment, when, compression, encrypted=False):
+    """The path of a backup about to be written; two backups in the same second must not meet in one name."""
+    path = os.path.join(directory, archive_name(kind, environment, when, compression, encrypted))
+    if os.path.lexists(path) or os.path.lexists(metadata_path(path)):
+        raise BackupError("%s already exists (two backups in the same second): run again" % path)
+    return path
+
+
+class AtomicFile(object):
+    """A 0600 file written as ``<path>.partial`` and renamed into place only by commit().
+
+    ``locked``: the caller holds the writer's lock, so a ``.partial`` already
+    there is a killed run's leftover and is replaced instead of refused.
+    """
+
+    def __init__(self, path, locked=False):
         self.path = path
         self.partial = path + PARTIAL_SUFFIX
+        if locked:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.partial)
         try:
             fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:

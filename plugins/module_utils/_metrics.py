@@ -17,7 +17,6 @@ import time
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
     AtomicFile,
     BackupError,
-    PARTIAL_SUFFIX,
     check_environment,
 )
 
@@ -147,10 +146,7 @@ def update_file(path, kind, environment, status, timestamp=None, duration=None, 
         samples = record(series, kind, environment, status, timestamp, duration, size, verified)
         after = render(series)
         if write:
-            # A .partial left by a killed run would block AtomicFile; we hold the lock, so it is stale.
-            if os.path.lexists(path + PARTIAL_SUFFIX):
-                os.unlink(path + PARTIAL_SUFFIX)
-            with AtomicFile(path) as out:
+            with AtomicFile(path, locked=True) as out:
                 os.fchmod(out.handle.fileno(), FILE_MODE)
                 out.handle.write(after.encode("utf-8"))
                 out.commit()

@@ -23,7 +23,6 @@ index, constraint or trigger exists.
 """
 
 import contextlib
-import glob
 import hashlib
 import io
 import json
@@ -40,7 +39,6 @@ import time
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
     EXTENSIONS,
     FORMAT_VERSION,
-    PARTIAL_SUFFIX,
     AtomicFile,
     BackupError,
     CompressedSink,
@@ -50,6 +48,8 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     check_environment,
     check_recipients,
     encryption_record,
+    new_archive_path,
+    remove_stale_partials,
     resolve_source,
     utc_now,
     write_metadata,
@@ -257,16 +257,6 @@ def check_dest(dest):
         raise BackupError("dest %s is not writable by this user: fix its permissions or choose another dest" % dest)
 
 
-def remove_stale_partials(dest, environment):
-    """Called under the lock: a .partial nobody is writing is the remains of a killed run."""
-    removed = []
-    for path in glob.glob(os.path.join(dest, "%s_%s_*%s" % (KIND, environment, PARTIAL_SUFFIX))):
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-            removed.append(os.path.basename(path))
-    return removed
-
-
 def plan_dump(dest, environment, compression, when=None, encrypted=False):
     check_environment(environment)
     name = archive_name(KIND, environment, when or utc_now(), compression, encrypted)
@@ -296,11 +286,9 @@ def dump(tools, db, dest, environment, compression="gzip", jobs=2, include_globa
     server_num = tools.server_version_num(db)
     pg_dump_version = tools.check_client("pg_dump", server_num)
     with backup_lock(dest, KIND, environment):
-        remove_stale_partials(dest, environment)
+        remove_stale_partials(dest, KIND, environment)
         when = utc_now()
-        path = plan_dump(dest, environment, compression, when, bool(recipients))
-        if os.path.exists(path):
-            raise BackupError("%s already exists: wait a second and run again" % path)
+        path = new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
         session = tools.session(db)
         try:
             snapshot, relations, counts, objects, props = snapshot_facts(session, db)

@@ -282,10 +282,9 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
         os.makedirs(dest, 0o700)
     stopped = []
     with bs.backup_lock(dest, KIND, environment):
+        bs.remove_stale_partials(dest, KIND, environment)
         when = bs.utc_now()
-        path = os.path.join(dest, bs.archive_name(KIND, environment, when, compression, bool(recipients)))
-        if os.path.exists(path) or os.path.exists(bs.metadata_path(path)):
-            raise BackupError("%s already exists (two backups in the same second): run again" % path)
+        path = bs.new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
         started = time.time()
         target = bs.AtomicFile(path)
         sink = None

@@ -173,3 +173,36 @@ def test_lock_in_a_missing_directory_names_the_fix(tmp_path):
     with pytest.raises(bs.BackupError, match="check that the directory exists and is writable"):
         with bs.backup_lock(str(tmp_path / "missing"), "database", "production"):
             pass
+
+
+def test_stale_partials_removed_only_for_this_set(tmp_path):
+    names = ["database_prod_20250101_000000.tar.gz.partial", "database_prod_20250101_000000_metadata.json.partial",
+             "database_prod_20250101_000000.tar.zst.age.partial", "database_dev_20250101_000000.tar.gz.partial",
+             "volumes_prod_20250101_000000.tar.gz.partial", "database_prod-eu_20250101_000000.tar.gz.partial",
+             "database_prod_20250101_000000.tar.gz", "database_prod_notes.partial"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert bs.remove_stale_partials(str(tmp_path), "database", "prod") == sorted(names[:3])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[3:])
+
+
+def test_new_archive_path_refuses_a_name_already_taken(tmp_path):
+    when = datetime.datetime(2025, 1, 1, 2, 0, tzinfo=datetime.timezone.utc)
+    path = bs.new_archive_path(str(tmp_path), "volumes", "prod", when, "zstd")
+    assert path == str(tmp_path / "volumes_prod_20250101_020000.tar.zst")
+    (tmp_path / "volumes_prod_20250101_020000_metadata.json").write_text("{}")
+    with pytest.raises(bs.BackupError, match="already exists .two backups in the same second.: run again"):
+        bs.new_archive_path(str(tmp_path), "volumes", "prod", when, "zstd")
+
+
+def test_atomic_file_replaces_a_killed_runs_partial_only_under_the_lock(tmp_path):
+    target = str(tmp_path / "metrics.prom")
+    (tmp_path / "metrics.prom.partial").write_text("left by a killed run")
+    with pytest.raises(bs.BackupError, match="cannot create"):
+        bs.AtomicFile(target)
+    with bs.AtomicFile(target, locked=True) as out:
+        out.handle.write(b"new\n")
+        out.commit()
+    assert open(target).read() == "new\n"
+    assert oct(os.stat(target).st_mode & 0o777) == "0o600"
+    assert not os.path.exists(target + ".partial")

@@ -163,14 +163,6 @@ def test_check_dest_messages(tmp_path):
     psd.check_dest(str(tmp_path))
 
 
-def test_stale_partials_removed_only_for_this_environment(tmp_path):
-    for name in ("database_prod_20250101_000000.tar.gz.partial", "database_dev_20250101_000000.tar.gz.partial",
-                 "database_prod_20250101_000000.tar.gz"):
-        (tmp_path / name).write_bytes(b"x")
-    assert psd.remove_stale_partials(str(tmp_path), "prod") == ["database_prod_20250101_000000.tar.gz.partial"]
-    assert sorted(os.listdir(tmp_path)) == ["database_dev_20250101_000000.tar.gz.partial", "database_prod_20250101_000000.tar.gz"]
-
-
 def test_subprocess_runner_passes_stdin_and_env():
     rc, out, _err = subprocess_runner(["sh", "-c", 'cat; printf "%s" "$X"'], data="in-", environ_update={"X": "env"})
     assert (rc, out) == (0, "in-env")
