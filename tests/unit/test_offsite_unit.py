@@ -52,7 +52,7 @@ def test_real_obscure_is_revealed_by_rclone_to_the_same_password():
     rclone = Rclone("rclone", "offsite:x", subprocess_run, remote_config={"type": "sftp", "pass": "p4ss w0rd!"})
     obscured = rclone.env["RCLONE_CONFIG_OFFSITE_PASS"]
     assert obscured != "p4ss w0rd!"
-    rc, out, _err = subprocess_run(["rclone", "reveal", obscured], {})
+    rc, out, _err = subprocess_run(["rclone", "reveal", "--", obscured], {})
     assert rc == 0 and out.decode().strip() == "p4ss w0rd!"
 
 
