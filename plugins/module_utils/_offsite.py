@@ -34,9 +34,8 @@ from ansible_collections.minimarket.backup.plugins.module_utils._retention impor
     STATE_COMPLETE,
     STATE_INCOMPLETE,
     Candidate,
-    _files_to_delete,
-    _newest_first,
     decide,
+    plan_candidates,
 )
 
 REMOTE_RE = re.compile(r"^(?P<name>[A-Za-z0-9_]+):(?P<path>.*)$")
@@ -426,13 +425,8 @@ def _candidates(remote_set):
 
 def prune(rclone, kind, environment, policy, now, check_mode=False):
     """backup_prune's policy (module_utils._retention) on the remote listing; metadata is deleted before its archive."""
-    candidates = _candidates(scan_remote(rclone, kind, environment))
-    warnings = decide(candidates, policy, now)
-    _files_to_delete(candidates)
-    ordered = _newest_first(candidates)
-    deleted = [c for c in ordered if not c.kept]
-    before = sorted(set(name for c in candidates for name in c.sizes))
-    gone = [name for c in deleted for name in c.files]
+    result = plan_candidates(_candidates(scan_remote(rclone, kind, environment)), policy, now)
+    gone = result.pop("delete_paths")
     if not check_mode:
         done = []
         for name in gone:
@@ -441,14 +435,7 @@ def prune(rclone, kind, environment, policy, now, check_mode=False):
             except BackupError as exc:
                 raise BackupError("%s; fix that and run again (already deleted: %s)" % (exc, ", ".join(done) or "nothing"))
             done.append(name)
-    return dict(
-        kept=[c.as_dict() for c in ordered if c.kept],
-        deleted=[c.as_dict() for c in deleted],
-        bytes_freed=sum(c.bytes for c in deleted),
-        warnings=warnings,
-        files_before=before,
-        files_after=[name for name in before if name not in set(gone)],
-    )
+    return result
 
 
 def list_remote(rclone, kind, environment, checksum=False):

@@ -307,7 +307,16 @@ def plan(directory, prefix, policy, now):
     """Decide without touching anything; returns the result the module reports."""
     kind, environment = parse_prefix(prefix)
     candidates, warnings = scan(directory, kind, environment)
-    warnings.extend(decide(candidates, policy, now))
+    return plan_candidates(candidates, policy, now, warnings)
+
+
+def plan_candidates(candidates, policy, now, warnings=()):
+    """The decision on candidates from any listing (a local directory, a remote), in the shape the modules report.
+
+    Names in ``files`` may be paths (local) or bare names (remote); the
+    ``files_before``/``files_after`` lists hold base names either way.
+    """
+    warnings = list(warnings) + decide(candidates, policy, now)
     _files_to_delete(candidates)
     ordered = _newest_first(candidates)
     kept = [c for c in ordered if c.kept]
