@@ -169,20 +169,28 @@ def _malicious(vol, target):
     }
 
 
-@pytest.mark.parametrize("case", ["absolute", "dotdot", "outside", "hardlink-out", "symlink-write", "device",
-                                  "link-to-symlink-write", "symlink-then-dir"])
-def test_malicious_archives_change_nothing(engine, mm_docker, tmp_path, case):
-    vol = mm_docker.volume("victim")
+UNSAFE_CASES = ["absolute", "dotdot", "outside", "hardlink-out", "symlink-write", "device", "link-to-symlink-write",
+                "symlink-then-dir"]
+
+
+def _victim(mm_docker, tmp_path, name, case, files, size):
+    """A populated volume, an outside target directory, a dest, and the metadata records a crafted archive declares."""
+    vol = mm_docker.volume(name)
     mountpoint = mm_docker.mountpoint(vol)
     populate(mountpoint, sparse_size=64 * 1024, extended=False)
-    before = snapshot(mountpoint)
     target = str(tmp_path / "target")
     os.mkdir(target)
     dest = str(tmp_path / "b")
     os.mkdir(dest)
-    declared = [{"name": vol, "driver": "local", "files": 1, "size": 1, "sha256": "0" * 64}]
+    declared = [{"name": vol, "driver": "local", "files": files, "size": size, "sha256": "0" * 64}]
     if case == "outside":
         declared.append({"name": "mmtest-undeclared-x", "driver": "local", "files": 0, "size": 0, "sha256": "0" * 64})
+    return vol, mountpoint, snapshot(mountpoint), target, dest, declared
+
+
+@pytest.mark.parametrize("case", UNSAFE_CASES)
+def test_malicious_archives_change_nothing(engine, mm_docker, tmp_path, case):
+    vol, mountpoint, before, target, dest, declared = _victim(mm_docker, tmp_path, "victim", case, 1, 1)
     path = write_backup(dest, "volumes_test_20250101_000000.tar.gz", crafted_tar(_malicious(vol, target)[case]),
                         declared, "gzip")
 
@@ -338,23 +346,12 @@ def _no_prescan(monkeypatch):
     monkeypatch.setattr(va, "scan_archive", refuse)
 
 
-@pytest.mark.parametrize("case", ["absolute", "dotdot", "outside", "hardlink-out", "symlink-write", "device",
-                                  "link-to-symlink-write", "symlink-then-dir"])
+@pytest.mark.parametrize("case", UNSAFE_CASES)
 def test_one_pass_refuses_unsafe_member_after_tar_has_extracted_others(engine, mm_docker, tmp_path, monkeypatch, case):
-    vol = mm_docker.volume("victim1")
-    mountpoint = mm_docker.mountpoint(vol)
-    populate(mountpoint, sparse_size=64 * 1024, extended=False)
-    before = snapshot(mountpoint)
-    target = str(tmp_path / "target")
-    os.mkdir(target)
-    dest = str(tmp_path / "b")
-    os.mkdir(dest)
+    vol, mountpoint, before, target, dest, declared = _victim(mm_docker, tmp_path, "victim1", case, 4, 6 * 1024 * 1024 + 1)
     members = _malicious(vol, target)[case]
     # legitimate members first, so GNU tar is already writing into the staging directory when the unsafe one comes
     members[1:1] = [({"name": vol + "/big%d" % n}, os.urandom(2 * 1024 * 1024)) for n in range(3)]
-    declared = [{"name": vol, "driver": "local", "files": 4, "size": 6 * 1024 * 1024 + 1, "sha256": "0" * 64}]
-    if case == "outside":
-        declared.append({"name": "mmtest-undeclared-x", "driver": "local", "files": 0, "size": 0, "sha256": "0" * 64})
     path = write_backup(dest, "volumes_test_20250101_000000.tar.zst", crafted_tar(members), declared, "zstd")
     _no_prescan(monkeypatch)
 
