@@ -121,6 +121,15 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
+def completeness_problem(name, size, meta):
+    """Why an archive of ``size`` bytes with metadata ``meta`` is not complete, or None: the rule for local and remote copies."""
+    if meta.get("archive") != name:
+        return "metadata names %r, not this archive" % meta.get("archive")
+    if meta.get("size") != size:
+        return "archive is %d bytes but metadata records %r" % (size, meta.get("size"))
+    return None
+
+
 class Backup(object):
     """One archive found in a backup directory, with why it is or is not complete."""
 
@@ -144,18 +153,14 @@ class Backup(object):
         except BackupError as exc:
             self.problem = str(exc)
             return
-        if meta.get("archive") != self.name:
-            self.problem = "metadata names %r, not this archive" % meta.get("archive")
-            return
         try:
             size = os.stat(self.path).st_size
         except OSError as exc:
             self.problem = "cannot stat archive: %s" % exc.strerror
             return
-        if meta.get("size") != size:
-            self.problem = "archive is %d bytes but metadata records %r" % (size, meta.get("size"))
-            return
-        self.metadata = meta
+        self.problem = completeness_problem(self.name, size, meta)
+        if self.problem is None:
+            self.metadata = meta
 
     @property
     def complete(self):

@@ -26,6 +26,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     BackupError,
     backup_lock,
     check_environment,
+    completeness_problem,
     list_backups,
     metadata_path,
     parse_archive_name,
@@ -207,13 +208,11 @@ class RemoteBackup(object):
             return
         if not isinstance(meta, dict):
             self.problem = "metadata %s is not a JSON object" % self.metadata_name
-        elif meta.get("archive") != self.name:
-            self.problem = "metadata names %r, not this archive" % meta.get("archive")
-        elif meta.get("size") != self.size:
-            self.problem = "archive is %d bytes but metadata records %r" % (self.size, meta.get("size"))
-        elif not meta.get("sha256"):
-            self.problem = "metadata %s records no sha256" % self.metadata_name
         else:
+            self.problem = completeness_problem(self.name, self.size, meta)
+        if self.problem is None and not meta.get("sha256"):
+            self.problem = "metadata %s records no sha256" % self.metadata_name
+        if self.problem is None:
             self.metadata = meta
 
     @property
