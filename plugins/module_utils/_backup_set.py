@@ -357,10 +357,13 @@ class AtomicFile(object):
         fsync_directory(os.path.dirname(os.path.abspath(self.path)))
 
     def discard(self):
-        if not self.handle.closed:
-            self.handle.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.partial)
+        """Closing flushes the buffer, which fails on a full disk: the unlink must still happen."""
+        try:
+            with contextlib.suppress(OSError):
+                self.handle.close()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.partial)
 
     def __enter__(self):
         return self

@@ -1,7 +1,9 @@
 """What makes a backup complete, and how it is written, decides whether a restore can be trusted."""
 
 import datetime
+import errno
 import hashlib
+import io
 import json
 import os
 import stat
@@ -121,6 +123,22 @@ def test_atomic_file_is_0600_and_leaves_nothing_on_failure(tmp_path):
         out.commit()
     assert os.listdir(str(tmp_path)) == [os.path.basename(target)]
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
+def test_atomic_file_removes_the_partial_when_the_final_flush_fails(tmp_path):
+    """On a full disk the buffered tail fails at close(); CI once found the .partial left behind."""
+
+    class FullDisk(io.BufferedWriter):
+        def close(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = str(tmp_path / "database_production_20251007_120000.tar")
+    with pytest.raises(RuntimeError):
+        with bs.AtomicFile(target) as out:
+            out.handle = FullDisk(io.FileIO(out.partial, "wb"))
+            out.handle.write(b"buffered tail")
+            raise RuntimeError("pg_dump failed")
+    assert os.listdir(str(tmp_path)) == []
 
 
 def test_lock_refuses_a_second_writer_in_another_process(tmp_path):
