@@ -387,9 +387,9 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False,
 
     Python parses the stream, checks each member, then forwards its bytes to
     the GNU tar of that volume's filesystem (rename needs the same one): an
-    unsafe member never reaches tar.  The archive's sha256 and each volume's
-    counts and content digest come from the same pass and must equal the
-    metadata; ``check`` then reads the staged tree back (names, types, modes,
+    unsafe member never reaches tar.  Each volume's counts and content digest
+    come from the same pass and must equal the metadata (the archive's sha256
+    was checked by ``resolve_source``); ``check`` then reads the staged tree back (names, types, modes,
     owners, mtimes, sizes, links, xattrs, ACLs: what a filesystem can drop
     silently; the bytes are vouched for by the digest and tar's exit status).
     Returns ({name: staged directory}, report); ``staging_dirs`` collects what to remove.
@@ -400,7 +400,6 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False,
     groups = {}
     for record in records:
         groups.setdefault(os.stat(os.path.dirname(mountpoints[record["name"]])).st_dev, []).append(record["name"])
-    digest = hashlib.sha256()
     extractions = []
     sinks = {}
     with contextlib.ExitStack() as stack:
@@ -412,7 +411,7 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False,
             sink = TarSink(proc.stdin)
             extractions.append((staging, proc, sink, names))
             sinks.update((name, sink) for name in names)
-        stream = stack.enter_context(bs.archive_stream(backup.path, backup.identity_file, digest))
+        stream = stack.enter_context(bs.archive_stream(backup.path, backup.identity_file))
         try:
             summaries = extract_stream(stream, checker, sinks)
             for extraction in extractions:
@@ -429,8 +428,6 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False,
         if proc.returncode != 0:
             raise BackupError("extracting into %s failed (%s): the volumes were not changed" % (
                 staging, (proc.stderr_text.strip().splitlines() or ["exit %d" % proc.returncode])[-1]))
-    if digest.hexdigest() != backup.metadata["sha256"]:
-        raise BackupError("%s changed while being restored: the volumes were not changed; run again" % backup.name)
     report = _compare(backup, summaries, [record["name"] for record in records])
     staged = {}
     for staging, unused_proc, unused_sink, names in extractions:
@@ -512,12 +509,11 @@ def _api_put(engine, backup, records, helper_image, mounts, wipe):
     through untouched.
     """
     names = [record["name"] for record in records]
-    digest = hashlib.sha256()
     command = ["sh", "-c", WIPE_SCRIPT, "sh"] + names if wipe else None
     with engine.helper(helper_image, mounts, read_only=False, command=command) as container_id:
         if wipe:
             engine.run_helper(container_id)
-        with bs.archive_stream(backup.path, backup.identity_file, digest) as stream:
+        with bs.archive_stream(backup.path, backup.identity_file) as stream:
             try:
                 ok = engine.api.put_archive(container_id, "/mm", stream)
             except Exception as exc:
@@ -525,8 +521,6 @@ def _api_put(engine, backup, records, helper_image, mounts, wipe):
         if not ok:
             raise BackupError("the Engine refused the archive for %s" % ", ".join(names))
         summaries = read_api(engine, container_id, names, None)
-    if digest.hexdigest() != backup.metadata["sha256"]:
-        raise BackupError("%s changed while being restored into %s: restore again from a good backup" % (backup.name, ", ".join(names)))
     for record in records:
         if summaries[record["name"]]["sha256"] != record["sha256"]:
             raise BackupError("restored content of %s differs from the archive (API mode cannot restore xattrs/ACLs "
