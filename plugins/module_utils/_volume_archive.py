@@ -20,7 +20,6 @@ forwarded to the GNU tar that extracts it beside the data.
 """
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil

@@ -75,16 +75,18 @@ options:
     default: production
   compression:
     description:
-      - Compression of the outer archive. C(gzip) uses C(pigz) when installed, C(zstd) runs C(zstd -T0).
+      - Compression of the outer archive. C(gzip) writes with ISA-L's C(igzip) at its level 3 when installed (Debian
+        package C(isal)), otherwise C(pigz) or C(gzip) at level 6; it reads with C(igzip), C(pigz) or C(gzip).
+        C(zstd) runs C(zstd -T0). Any of them makes a standard C(.tar.gz) / C(.tar.zst).
     type: str
     choices: [gzip, zstd, none]
     default: gzip
   compression_level:
     description:
       - Compressor level for O(state=dump), 1-9 with O(compression=gzip) and 1-19 with O(compression=zstd); unset
-        means 6 for gzip (the size of the documented C(tar czf)) and 3 for zstd.
-      - On a 2-core host a 1 GB database dumps about 1.9 times faster with gzip level 1 than with level 6, for an
-        archive about 23 % bigger; O(compression=zstd) is faster still at a size between the two.
+        means C(igzip -3) for gzip (level 6 without C(igzip)) and 3 for zstd.
+      - A gzip level given here is a zlib level, so C(pigz)/C(gzip) run instead of C(igzip). Level 6 makes the
+        smallest gzip archive of the three, for about ten times the CPU of C(igzip -3) (see C(bench/README.md)).
     type: int
   jobs:
     description:

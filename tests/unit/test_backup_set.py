@@ -180,6 +180,22 @@ def test_compressed_sink_streams_and_counts_what_reached_the_file(tmp_path, comp
     assert bs.compression_of(os.path.basename(path).replace("x", "database_production_20251007_120000")) == compression
 
 
+def test_gzip_is_igzip_by_default_and_zlib_for_an_explicit_level(tmp_path):
+    """The default writes a standard .tar.gz that plain gzip reads; an explicit zlib level still means that level."""
+    assert bs.compressor_command("gzip") == ["igzip", "-c", "-3"]
+    assert bs.compressor_command("gzip", 6)[1:] == ["-c", "-6"] and bs.compressor_command("gzip", 6)[0] in ("pigz", "gzip")
+    assert bs.decompressor_command("gzip") == ["igzip", "-d", "-c"]
+    payload = b"venta;producto;cantidad\n" * 100000 + os.urandom(200000)
+    for level in (None, 6):
+        path = str(tmp_path / ("x%s.tar.gz" % level))
+        with open(path, "wb") as handle:
+            sink = bs.CompressedSink(handle, "gzip", level=level)
+            sink.write(payload)
+            sink.close()
+        for reader in (["gzip", "-dc"], bs.decompressor_command("gzip")):
+            assert subprocess.run(reader + [path], capture_output=True, check=True).stdout == payload
+
+
 def test_metadata_is_written_last_as_json(tmp_path):
     path = make_backup(tmp_path, meta={"tables": {"ventas": 3, "año": 1}})
     data = json.loads(open(bs.metadata_path(path), encoding="utf-8").read())
