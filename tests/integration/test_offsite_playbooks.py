@@ -72,6 +72,59 @@ def test_role_pushes_prunes_and_fetches_back(sftp_server, tmp_path):
     assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout + again.stderr
 
 
+VERIFY_PLAYBOOK = """\
+- name: Check the second location
+  hosts: backup_hosts
+  gather_facts: false
+  tasks:
+    - name: Verify the remote copies
+      ansible.builtin.include_role:
+        name: minimarket.backup.backup_offsite
+      vars:
+        backup_offsite_state: verify
+"""
+
+
+def test_role_verify_reads_the_remote_back_and_names_damaged_and_missing_copies(sftp_server, tmp_path):
+    base = sftp_server.remote.rsplit("/", 1)[0]
+    local = tmp_path / "backups" / "database"
+    local.mkdir(parents=True)
+    backups = BackupDir(local)
+    pushed = [os.path.basename(backups.complete(T0.replace(day=1 + day))) for day in range(3)]
+    assert run_offsite(offsite_args(sftp_server, state="push", src_dir=str(local), retention_days=0, keep_last=5))["pushed"] == pushed[::-1]
+    playbook = tmp_path / "verify.yml"
+    playbook.write_text(VERIFY_PLAYBOOK)
+    hosts = inventory(tmp_path, minimarket_offsite_remote=base, minimarket_offsite_remote_config=sftp_server.remote_config,
+                      minimarket_offsite_retention={"days": 0, "keep_last": 5})
+
+    def verify():
+        before = (remote_files(sftp_server), files(str(local)))
+        proc = ansible("ansible-playbook", "-i", hosts, str(playbook))
+        assert (remote_files(sftp_server), files(str(local))) == before  # verifying changes nothing
+        return proc.returncode, proc.stdout + proc.stderr
+
+    code, out = verify()
+    assert code == 0 and "3 database backups, all present and read back" in out, out
+
+    # same size, one byte flipped: only reading it back shows it
+    damaged = sftp_server.local_path(pushed[0])
+    with open(damaged, "r+b") as handle:
+        handle.seek(5)
+        byte = handle.read(1)
+        handle.seek(5)
+        handle.write(bytes([byte[0] ^ 1]))
+    code, out = verify()
+    assert code != 0, out
+    assert "damaged: %s: sha256 " % pushed[0] in out and "the remote copy is damaged" in out and "missing: none" in out, out
+
+    with open(damaged, "r+b") as handle:
+        handle.seek(5)
+        handle.write(byte)
+    newer = os.path.basename(backups.complete(T0.replace(day=10)))
+    code, out = verify()
+    assert code != 0 and "damaged: none" in out and "missing: %s" % newer in out, out
+
+
 def test_role_does_nothing_without_a_remote(tmp_path):
     playbook = tmp_path / "offsite.yml"
     playbook.write_text(PLAYBOOK.replace("FETCHED={{ backup_offsite_fetched.path }}", "FETCHED={{ backup_offsite_fetched is defined }}"))

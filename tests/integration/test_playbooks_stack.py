@@ -141,6 +141,10 @@ def test_recover_full_after_the_disk_died_fetches_encrypted_backups_from_the_sec
     remote = dict((kind, listing(os.path.join(sftp_server.store, "stacktest", kind))) for kind in ("database", "volumes"))
     for kind, names in remote.items():
         assert [n for n in names if n.endswith(".age")] and len(names) == 2, (kind, names)
+    rc, out = play("verify_backups.yml", root, "-e", settings)
+    assert rc == 0, out
+    for kind in ("database", "volumes"):
+        assert "1 %s backups, all present and read back" % kind in out, out
     before = psql("SELECT count(*) FROM ventas")
 
     sh("rm", "-rf", str(root))  # the disk died: the backups exist only at the second location
