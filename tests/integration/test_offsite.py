@@ -191,7 +191,8 @@ def test_an_archive_that_reads_back_wrong_is_deleted_from_the_remote(offsite_ser
     before = snapshot(src)
 
     def corrupting(argv, env, consume):
-        return _offsite.popen_stream(argv, env, lambda block: consume(block[:-1] + b"\x00"))
+        """Flips a bit of every block read back (overwriting with a constant left blocks that already ended in it intact)."""
+        return _offsite.popen_stream(argv, env, lambda block: consume(block[:-1] + bytes([block[-1] ^ 1])))
     rclone = _offsite.Rclone("rclone", offsite_server.remote, subprocess_run, stream=corrupting,
                              remote_config=offsite_server.remote_config)
     result = _offsite.push(rclone, src, "database", "production", Policy(), utc_now())
