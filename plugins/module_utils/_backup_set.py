@@ -395,7 +395,7 @@ def compressor_command(compression, level=None):
     if compression == "gzip":
         if level is None and shutil.which("igzip"):
             return ["igzip", "-c", "-3"]
-        return [shutil.which("pigz") and "pigz" or "gzip", "-c", "-%d" % (level or 6)]
+        return [_first_installed("pigz", "gzip"), "-c", "-%d" % (level or 6)]
     return None
 
 
@@ -404,8 +404,13 @@ def decompressor_command(compression):
     if compression == "zstd":
         return ["zstd", "-q", "-d", "-c"]
     if compression == "gzip":
-        return [next((tool for tool in ("igzip", "pigz") if shutil.which(tool)), "gzip"), "-d", "-c"]
+        return [_first_installed("igzip", "pigz", "gzip"), "-d", "-c"]
     return None
+
+
+def _first_installed(*tools):
+    """The first of ``tools`` on PATH; the last one is used regardless, so a missing tool fails by its own name."""
+    return next((tool for tool in tools[:-1] if shutil.which(tool)), tools[-1])
 
 
 def compression_of(name):

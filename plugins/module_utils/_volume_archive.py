@@ -388,9 +388,10 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False,
     the GNU tar of that volume's filesystem (rename needs the same one): an
     unsafe member never reaches tar.  Each volume's counts and content digest
     come from the same pass and must equal the metadata (the archive's sha256
-    was checked by ``resolve_source``); ``check`` then reads the staged tree back (names, types, modes,
-    owners, mtimes, sizes, links, xattrs, ACLs: what a filesystem can drop
-    silently; the bytes are vouched for by the digest and tar's exit status).
+    was checked by ``resolve_source``); ``check`` then reads the staged tree
+    back (names, types, modes, owners, mtimes, sizes, links, xattrs, ACLs: what
+    a filesystem can drop silently; the bytes are vouched for by the digest and
+    tar's exit status).
     Returns ({name: staged directory}, report); ``staging_dirs`` collects what to remove.
     """
     declared = [v["name"] for v in backup.metadata.get("volumes", [])]
