@@ -2,8 +2,9 @@
 # Build the test world's images without any registry:
 #   minimarket/postgres:15   debootstrap minbase (postgresql-15, python3) + docker import
 #   minimarket/busybox:latest  Debian's busybox-static with its applet links
-# An image whose tag exists and was built from these very files (MINIMARKET_IMAGE_REV, a
-# hash of build.sh and the entrypoint) is kept; --force rebuilds both.
+# An image whose tag exists and was built from these very files (MINIMARKET_IMAGE_REV: a hash
+# of its own build function and the files of its directory, so editing one image's recipe
+# never rebuilds another) is kept; --force rebuilds them all.
 # Build dirs live in $MINIMARKET_IMAGE_CACHE (default /var/cache/minimarket-images), never in the repo.
 set -euo pipefail
 
@@ -25,7 +26,11 @@ done
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot); run: sudo $0 $*"
 docker info >/dev/null 2>&1 || die "no Docker engine answers; start dockerd (scripts/bootstrap-host.sh)"
 
-REV=$(cat "$0" "$HERE/postgres/docker-entrypoint.sh" | sha256sum | cut -c1-16)
+# The revision of one image: its build function's source and the files under images/<dir>/.
+image_rev() {
+  { declare -f "$1"; [ -z "${2:-}" ] || find "$HERE/$2" -type f -print0 | sort -z | xargs -0 cat; } \
+    | sha256sum | cut -c1-16
+}
 # One build at a time on this host (tests, `make demo` and CI may call us concurrently);
 # a waiter then finds the image built and keeps it.
 mkdir -p "$CACHE"
@@ -34,7 +39,7 @@ flock 9
 
 have_image() {
   [ "$FORCE" = 0 ] && docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$1" 2>/dev/null \
-    | grep -qx "MINIMARKET_IMAGE_REV=$REV"
+    | grep -qx "MINIMARKET_IMAGE_REV=$2"
 }
 
 # The mirror apt uses here (deb822 or one-line sources), so the build works offline-from-Internet.
@@ -48,7 +53,9 @@ debian_mirror() {
 }
 
 build_postgres() {
-  if have_image "$PG_IMAGE"; then echo "build.sh: $PG_IMAGE is up to date, kept"; return; fi
+  local REV
+  REV=$(image_rev build_postgres postgres)
+  if have_image "$PG_IMAGE" "$REV"; then echo "build.sh: $PG_IMAGE is up to date, kept"; return; fi
   command -v debootstrap >/dev/null || die "debootstrap is missing; apt-get install debootstrap"
   local root="$CACHE/postgres-rootfs" mirror
   PG_ROOT=$root
@@ -100,7 +107,9 @@ umount_all() {
 }
 
 build_busybox() {
-  if have_image "$BB_IMAGE"; then echo "build.sh: $BB_IMAGE is up to date, kept"; return; fi
+  local REV
+  REV=$(image_rev build_busybox)
+  if have_image "$BB_IMAGE" "$REV"; then echo "build.sh: $BB_IMAGE is up to date, kept"; return; fi
   local bb root="$CACHE/busybox-rootfs" applet
   bb=$(command -v busybox || true)
   if [ -z "$bb" ] || ! "$bb" --list-full >/dev/null 2>&1; then
