@@ -130,6 +130,14 @@ def completeness_problem(name, size, meta):
     return None
 
 
+def human_size(size):
+    """Bytes as an operator reads them: 1.5 GiB, 312.0 KiB, 12 bytes."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return "%d bytes" % size if unit == "bytes" else "%.1f %s" % (size, unit)
+        size /= 1024.0
+
+
 class Backup(object):
     """One archive found in a backup directory, with why it is or is not complete."""
 
@@ -165,6 +173,14 @@ class Backup(object):
     @property
     def complete(self):
         return self.problem is None
+
+    def describe(self):
+        """What an operator confirms a restore against, before anything is touched (complete backups only)."""
+        size = self.metadata["size"]
+        return {"name": self.name, "path": self.path, "environment": self.environment,
+                "created": self.created.isoformat(), "size": size,
+                "summary": "%s (taken %s, %s, environment %s)" % (
+                    self.path, self.created.strftime("%Y-%m-%d %H:%M:%S UTC"), human_size(size), self.environment)}
 
     def check_checksum(self):
         """Raise unless the archive's bytes are the ones the metadata vouches for."""

@@ -868,7 +868,7 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
     tools.check_client("pg_restore", server_num)
     live_exists = database_exists(tools, db)
     when = utc_now()
-    result = {"src": backup.path, "strategy": strategy, "database": db, "previous": None, "tables": {}}
+    result = {"src": backup.path, "backup": backup.describe(), "strategy": strategy, "database": db, "previous": None, "tables": {}}
     if backup.warnings:
         result["warnings"] = list(backup.warnings)
     props = backup.metadata.get("database_properties", {})

@@ -373,7 +373,7 @@ def verify(src, dest, environment, allow_devices=False, engine=None, mode="auto"
     same pass, so the archive is not decompressed twice.
     """
     backup = bs.resolve_source(src, dest, KIND, environment, identity_file)
-    result = {"archive": backup.path, "sha256": backup.metadata["sha256"], "warnings": list(backup.warnings)}
+    result = {"archive": backup.path, "backup": backup.describe(), "sha256": backup.metadata["sha256"], "warnings": list(backup.warnings)}
     if engine is None:
         result["volumes"] = scan_archive(backup, allow_devices)
     else:
@@ -585,7 +585,7 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
     to_stop = _unique_containers(busy)
     actions = dict((name, "replaced" if existing[name] is not None else "created") for name in names)
     summary = dict((entry["name"], entry) for entry in report or backup.metadata["volumes"])
-    result = {"archive": backup.path, "changed": True, "warnings": list(backup.warnings),
+    result = {"archive": backup.path, "backup": backup.describe(), "changed": True, "warnings": list(backup.warnings),
               "stopped_containers": [{"id": c[0], "name": c[1]} for c in to_stop],
               "volumes": [{"name": name, "action": actions[name], "files": summary[name]["files"],
                            "size": summary[name]["size"]} for name in names]}

@@ -186,6 +186,34 @@ archive:
   returned: success, except archive in check mode
   type: str
   sample: /var/backups/minimarket/volumes/volumes_production_20251007_120000.tar.gz
+backup:
+  description: The backup restored or verified, as the operator confirms it before a restore.
+  returned: state=restore or state=verify
+  type: dict
+  contains:
+    name:
+      description: File name of the archive.
+      type: str
+    path:
+      description: Full path of the archive.
+      type: str
+    environment:
+      description: Environment of the backup (from its name).
+      type: str
+    created:
+      description: When the backup was taken (UTC, ISO 8601).
+      type: str
+    size:
+      description: Size of the archive in bytes.
+      type: int
+    summary:
+      description: One line with the path, UTC date, size and environment, as the confirmation shows it.
+      type: str
+  sample: {"name": "volumes_production_20251007_120000.tar.gz", "environment": "production",
+           "path": "/var/backups/minimarket/volumes/volumes_production_20251007_120000.tar.gz",
+           "created": "2025-10-07T12:00:00+00:00", "size": 1048576,
+           "summary": "/var/backups/minimarket/volumes/volumes_production_20251007_120000.tar.gz
+                       (taken 2025-10-07 12:00:00 UTC, 1.0 MiB, environment production)"}
 metadata:
   description: Path of the metadata file written.
   returned: state=archive, not in check mode

@@ -270,6 +270,34 @@ src:
   returned: state=restore or state=verify
   type: str
   sample: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
+backup:
+  description: The backup restored or checked, as the operator confirms it before a restore.
+  returned: state=restore, or state=verify in check mode
+  type: dict
+  contains:
+    name:
+      description: File name of the archive.
+      type: str
+    path:
+      description: Full path of the archive.
+      type: str
+    environment:
+      description: Environment of the backup (from its name).
+      type: str
+    created:
+      description: When the backup was taken (UTC, ISO 8601).
+      type: str
+    size:
+      description: Size of the archive in bytes.
+      type: int
+    summary:
+      description: One line with the path, UTC date, size and environment, as the confirmation shows it.
+      type: str
+  sample: {"name": "database_production_20251007_120000.tar.gz", "environment": "production",
+           "path": "/var/backups/minimarket/database/database_production_20251007_120000.tar.gz",
+           "created": "2025-10-07T12:00:00+00:00", "size": 1048576,
+           "summary": "/var/backups/minimarket/database/database_production_20251007_120000.tar.gz
+                       (taken 2025-10-07 12:00:00 UTC, 1.0 MiB, environment production)"}
 msg:
   description: What the module would do (check mode).
   returned: check mode
@@ -394,7 +422,7 @@ def run(module, tools):
         return dict(changed=True, **result)
     if module.check_mode:
         backup = load_backup(params["src"], params["dest"], params["environment"], identity_file)
-        return dict(changed=False, src=backup.path, warnings=backup.warnings,
+        return dict(changed=False, src=backup.path, backup=backup.describe(), warnings=backup.warnings,
                     msg="checksum of %s verified; contents not restored in check mode" % backup.name)
     result = verify(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
                     jobs=params["jobs"], scratch_db=params["scratch_db"], critical_tables=params["critical_tables"],

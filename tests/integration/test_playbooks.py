@@ -15,10 +15,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.path.dirname(sys.executable)
 PLAYBOOKS = sorted(name for name in os.listdir(os.path.join(ROOT, "playbooks")) if name.endswith(".yml"))
 ENVIRONMENTS = ["development", "staging", "production"]
+# Destructive playbook -> the extra variable naming the backup it restores.
 DESTRUCTIVE = {
-    "restore_database.yml": ["-e", "backup_file=latest"],
-    "restore_volumes.yml": ["-e", "backup_file=latest"],
-    "recover_database.yml": [],
+    "restore_database.yml": "backup_file",
+    "restore_volumes.yml": "backup_file",
+    "recover_database.yml": "backup_file",
+    "recover_full.yml": "volumes_backup_file",
 }
 
 
@@ -82,29 +84,66 @@ def test_password_comes_from_the_environment_when_there_is_no_vault(environment)
 
 
 @pytest.mark.parametrize("playbook", sorted(DESTRUCTIVE))
-def test_destructive_playbook_without_terminal_refuses_at_once(playbook):
+def test_destructive_playbook_with_a_missing_backup_fails_before_asking(playbook, tmp_path):
+    """The backup is resolved first: a file that does not exist is named before any question, and nothing changes."""
+    kind = "volumes" if DESTRUCTIVE[playbook] == "volumes_backup_file" or "volumes" in playbook else "database"
+    missing = str(tmp_path / ("%s_development_20250101_020000.tar.gz" % kind))
     proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/%s" % playbook,
-                   *DESTRUCTIVE[playbook])
+                   "-e", "%s=%s" % (DESTRUCTIVE[playbook], missing), "-e", "minimarket_backup_root=%s" % tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    fatal = [line for line in out.splitlines() if line.startswith("fatal:")]
+    assert len(fatal) == 1, out
+    message = json.loads(fatal[0].split("=> ", 1)[1])["msg"]
+    assert message == "backup file %s does not exist: check the path or use src=latest" % missing
+    assert "will overwrite" not in out and "Type yes" not in out and "Confirm" not in out
+    assert "changed=0" in out
+
+
+NO_INVENTORY_FIX = "pass -i with the inventory of the environment to work on, e.g. -i inventories/production"
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+@pytest.mark.parametrize("inventory", [None, "inventories/prodution"], ids=["no-inventory", "mistyped-inventory"])
+def test_a_run_without_an_environments_inventory_fails_with_one_line(playbook, inventory):
+    """ansible.cfg names no inventory; a forgotten or mistyped -i stops in the first play instead of 'no hosts matched', exit 0."""
+    proc = ansible("ansible-playbook", *(["-i", inventory] if inventory else []), "playbooks/%s" % playbook, "-e", "confirm=yes")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     fatal = [line for line in out.splitlines() if line.startswith("fatal:")]
     assert len(fatal) == 1, out
     message = json.loads(fatal[0].split("=> ", 1)[1])["msg"]
     assert "\n" not in message
-    assert message.startswith("not confirmed:")
-    assert "pass -e confirm=yes" in message
-    assert "nothing was changed" in message
-    assert "changed=0" in out
-    # It told the operator what it would have overwritten.
-    assert "will overwrite:" in out
+    assert message.startswith("no host in group backup_hosts of inventory %s: " % (
+        os.path.join(ROOT, inventory) if inventory else "/etc/ansible/hosts")), message
+    assert NO_INVENTORY_FIX in message
+    assert "ok=1 " in out and "changed=0" in out
 
 
-def test_a_wrong_answer_is_a_refusal():
-    proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/recover_database.yml",
-                   "-e", "confirm=no")
+def test_ansible_cfg_names_no_default_inventory():
+    proc = ansible("ansible-config", "dump", "--only-changed")
+    assert proc.returncode == 0, proc.stderr
+    assert "DEFAULT_HOST_LIST" not in proc.stdout, proc.stdout
+
+
+def test_a_backup_host_without_an_environment_is_refused(tmp_path):
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text("backup_hosts:\n  hosts:\n    localhost:\n      ansible_connection: local\n")
+    proc = ansible("ansible-playbook", "-i", str(hosts), "playbooks/backup_database.yml")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
-    assert "pass -e confirm=yes" in out
+    assert "host localhost of group backup_hosts has no minimarket_environment: pass -i with one of this collection's" in out
+    assert "changed=0" in out
+
+
+def test_no_inventory_source_holds_a_vault_example():
+    """Every file under inventories/ is read as an inventory source: only hosts and group_vars live there."""
+    for environment in ENVIRONMENTS:
+        directory = os.path.join(ROOT, "inventories", environment)
+        assert sorted(os.listdir(directory)) == ["group_vars", "hosts.yml"], environment
+        proc = ansible("ansible-inventory", "-i", "inventories/%s" % environment, "--graph")
+        assert proc.returncode == 0, proc.stderr
+        assert "WARNING" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("playbook", ["restore_database.yml", "restore_volumes.yml"])

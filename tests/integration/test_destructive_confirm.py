@@ -1,0 +1,114 @@
+"""Destructive playbooks resolve and check the backup first, then show it and ask (tiny inventory, real servers, no stack).
+
+Without a terminal and without confirm=yes they refuse at once; the live database and volumes stay as they were.
+"""
+import json
+import os
+import re
+
+import pytest
+import yaml
+
+from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive
+from testenv import pgcompare
+from tests.integration.test_playbooks import ansible
+from tests.pg_fixtures import conn_args, run_module
+
+pytest_plugins = ["tests.pg_fixtures", "tests.volume_fixtures"]
+
+TAKEN = re.compile(r"\(taken \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, [0-9.]+ (KiB|MiB|bytes), environment testing\)")
+
+
+def inventory(tmp_path, **hostvars):
+    path = tmp_path / "hosts.yml"
+    host = dict(ansible_connection="local", ansible_python_interpreter="{{ ansible_playbook_python }}",
+                minimarket_environment="testing", minimarket_backup_root=str(tmp_path / "backups"))
+    host.update(hostvars)
+    path.write_text(yaml.safe_dump({"backup_hosts": {"hosts": {"localhost": host}}}))
+    return str(path)
+
+
+def refusal(proc):
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    fatal = [line for line in out.splitlines() if line.startswith("fatal:")]
+    assert len(fatal) == 1, out
+    message = json.loads(fatal[0].split("=> ", 1)[1])["msg"]
+    assert message.startswith("not confirmed:") and "nothing was changed" in message and "pass -e confirm=yes" in message
+    assert "changed=0" in out
+    return out
+
+
+@pytest.fixture
+def dumped(pg_server, seeded_db, tmp_path, dropped_databases):
+    dest = tmp_path / "backups" / "database"
+    dest.mkdir(parents=True)
+    result = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=str(dest), environment="testing"))
+    assert result["_rc"] == 0, result
+    hosts = inventory(tmp_path, minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host, minimarket_db_port=pg_server.port,
+                      minimarket_db_user=pg_server.user, minimarket_db_password=pg_server.password,
+                      minimarket_services_to_stop=["agente_deposito"])
+    return hosts, result["archive"]
+
+
+@pytest.mark.parametrize("playbook,given", [("restore_database.yml", "path"), ("recover_database.yml", "latest")])
+def test_database_restore_shows_the_resolved_dump_then_refuses_without_confirmation(playbook, given, dumped, pg_server, seeded_db):
+    hosts, archive = dumped
+    before = pgcompare.snapshot(pg_server.dsn(seeded_db))
+    proc = ansible("ansible-playbook", "-i", hosts, "playbooks/" + playbook, "-e", "backup_file=" + (archive if given == "path" else "latest"))
+    out = refusal(proc)
+    # The file resolved and checked by the module in check mode: its path, UTC date, size and environment.
+    shown = [line for line in out.splitlines() if "from backup %s (taken" % archive in line]
+    assert shown and TAKEN.search(shown[0]), out
+    assert "will overwrite: database %s (testing)" % seeded_db in out
+    assert pgcompare.diff(before, pgcompare.snapshot(pg_server.dsn(seeded_db))) == []
+
+
+def test_a_wrong_answer_is_a_refusal(dumped, pg_server, seeded_db):
+    hosts, archive = dumped
+    proc = ansible("ansible-playbook", "-i", hosts, "playbooks/recover_database.yml", "-e", "confirm=no")
+    out = refusal(proc)
+    assert "from backup %s" % archive in out
+
+
+def test_a_damaged_dump_fails_before_the_question(dumped, pg_server, seeded_db):
+    hosts, archive = dumped
+    with open(archive, "r+b") as handle:
+        handle.seek(100)
+        byte = handle.read(1)
+        handle.seek(100)
+        handle.write(bytes([byte[0] ^ 1]))
+    proc = ansible("ansible-playbook", "-i", hosts, "playbooks/restore_database.yml", "-e", "backup_file=latest", "-e", "confirm=yes")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "is corrupted: sha256" in out
+    assert "will overwrite" not in out and "changed=0" in out
+
+
+def test_restore_after_confirmation_uses_the_dump_it_showed(dumped, pg_server, seeded_db):
+    hosts, archive = dumped
+    before = pgcompare.snapshot(pg_server.dsn(seeded_db))
+    pg_server.execute("UPDATE productos SET nombre = 'damaged'", seeded_db)
+    proc = ansible("ansible-playbook", "-i", hosts, "playbooks/restore_database.yml", "-e", "backup_file=latest", "-e", "confirm=yes")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "from backup %s (taken" % archive in out
+    assert pgcompare.diff(before, pgcompare.snapshot(pg_server.dsn(seeded_db))) == []
+
+
+def test_volume_restore_shows_the_archive_and_what_it_replaces_then_refuses(engine, mm_docker, tmp_path):
+    volume = mm_docker.volume("data")
+    mountpoint = mm_docker.mountpoint(volume)
+    with open(os.path.join(mountpoint, "ventas.csv"), "wb") as handle:
+        handle.write(b"id,total\n1,100\n")
+    archived = _volume_archive.archive(engine, [volume], str(tmp_path / "backups" / "volumes"), "testing", "gzip", mode="host")
+    with open(os.path.join(mountpoint, "ventas.csv"), "wb") as handle:
+        handle.write(b"changed since")
+    hosts = inventory(tmp_path, minimarket_volumes=[volume])
+    proc = ansible("ansible-playbook", "-i", hosts, "playbooks/restore_volumes.yml", "-e", "backup_file=latest")
+    out = refusal(proc)
+    shown = [line for line in out.splitlines() if "from backup %s (taken" % archived["archive"] in line]
+    assert shown and TAKEN.search(shown[0]), out
+    assert "will overwrite: %s replaced" % volume in out
+    with open(os.path.join(mountpoint, "ventas.csv"), "rb") as handle:
+        assert handle.read() == b"changed since"
