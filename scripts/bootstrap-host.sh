@@ -4,7 +4,7 @@
 # Idempotent: on a host that already has what it needs it changes nothing.
 set -euo pipefail
 
-PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz isal acl attr rsync shellcheck cron logrotate python3-venv prometheus rclone age openssh-server openssh-client)
+PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz isal acl attr rsync shellcheck cron logrotate python3-venv prometheus rclone age openssh-server openssh-client sudo python3-docker)
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/minimarket-dockerd.log}
 
 die() { echo "bootstrap-host: $*" >&2; exit 1; }
@@ -17,6 +17,10 @@ for tool in debootstrap zstd pigz igzip setfacl setfattr rsync shellcheck logrot
 done
 /usr/bin/python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# The SSH shop host of the tests (testenv/sshhost.py): deploy becomes root with sudo, and the modules
+# run with Debian's python3, which needs the Docker SDK from Debian.
+command -v sudo >/dev/null || missing+=(sudo)
+/usr/bin/python3 -c "import docker" 2>/dev/null || missing+=(python3-docker)
 command -v cron >/dev/null || [ -x /usr/sbin/cron ] || missing+=(cron)
 [ -x /bin/busybox ] || command -v busybox >/dev/null || missing+=(busybox)
 if ! docker info >/dev/null 2>&1 && ! command -v dockerd >/dev/null; then

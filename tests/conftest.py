@@ -8,6 +8,7 @@ connect(dbname), execute(sql, dbname), create_database, drop_database, stop, sta
 ``compose_stack`` (session): the development stack (testenv/stack.sh up) under a unique
 project name ``mmtest-<hex>``, seeded at ``STACK_SEED_ROWS``, removed with its volumes after.
 The real ``inventario-retail`` project is never touched by tests.
+``ssh_host`` (session, tests/ssh_fixtures.py): the shop host reached over SSH as ``deploy`` with become.
 """
 import os
 import signal
@@ -27,6 +28,8 @@ from testenv.stack import ComposeStack  # noqa: E402
 
 SEED_ROWS = 2000  # keep in step with ROWS in tests/integration/test_testenv.py
 STACK_SEED_ROWS = 500
+
+pytest_plugins = ["tests.ssh_fixtures"]
 
 
 def _interrupt(signum, _frame):

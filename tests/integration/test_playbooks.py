@@ -158,7 +158,7 @@ def test_restore_without_backup_file_names_the_fix(playbook):
 def test_schedule_check_mode_shows_the_jobs_and_writes_nothing(tmp_path):
     cron_file = "minimarket_backup_check_%d" % os.getpid()
     proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/schedule.yml", "--check", "--diff",
-                   "-e", "backup_schedule_cron_file=%s" % cron_file, "-e", "backup_schedule_install_packages=false",
+                   "-e", "backup_schedule_cron_file=%s" % cron_file,
                    "-e", "minimarket_backup_root=%s" % (tmp_path / "root"))
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
@@ -343,7 +343,7 @@ def test_compose_command_is_detected(tmp_path, v2):
 def test_schedule_refuses_when_the_jobs_could_not_run(tmp_path):
     cron_file = "minimarket_backup_missing_%d" % os.getpid()
     proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/schedule.yml",
-                   "-e", "backup_schedule_cron_file=%s" % cron_file, "-e", "backup_schedule_install_packages=false",
+                   "-e", "backup_schedule_cron_file=%s" % cron_file,
                    "-e", "minimarket_backup_root=%s" % (tmp_path / "root"), "-e", "minimarket_project_dir=/nonexistent/checkout")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
