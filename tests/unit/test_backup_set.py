@@ -97,6 +97,22 @@ def test_latest_is_the_newest_complete_backup_and_its_checksum_is_checked(tmp_pa
         bs.resolve_source("latest", str(tmp_path), "database", "production")
 
 
+def test_a_resolved_backup_describes_itself_for_the_confirmation(tmp_path):
+    path = make_backup(tmp_path, env="staging", payload=b"x" * 1536)
+    described = bs.resolve_source("latest", str(tmp_path), "database", "staging").describe()
+    assert described == {
+        "name": "database_staging_20251007_120000.tar.gz", "path": path, "environment": "staging",
+        "created": "2025-10-07T12:00:00+00:00", "size": 1536,
+        "summary": "%s (taken 2025-10-07 12:00:00 UTC, 1.5 KiB, environment staging)" % path,
+    }
+
+
+@pytest.mark.parametrize("size,text", [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1.0 KiB"), (5 * 1024 ** 2, "5.0 MiB"),
+                                       (3 * 1024 ** 3 // 2, "1.5 GiB"), (2048 * 1024 ** 3, "2048.0 GiB")])
+def test_sizes_read_as_an_operator_reads_them(size, text):
+    assert bs.human_size(size) == text
+
+
 def test_source_errors_say_what_to_do(tmp_path):
     with pytest.raises(bs.BackupError, match="no complete database backup for environment 'production'"):
         bs.resolve_source("latest", str(tmp_path), "database", "production")
