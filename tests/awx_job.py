@@ -137,8 +137,8 @@ class AwxJob(object):
         directory; AWX stores the environment with its secret values redacted.)
         """
         directory = os.path.join(self.pdd, "artifacts", ident)
-        paths = [os.path.join(directory, "stdout")] + [os.path.join(directory, "job_events", name)
-                                                     for name in sorted(os.listdir(os.path.join(directory, "job_events")))]
+        events = os.path.join(directory, "job_events")
+        paths = [os.path.join(directory, "stdout")] + [os.path.join(events, name) for name in sorted(os.listdir(events))]
         text = []
         for path in paths:
             with open(path, errors="replace") as handle:

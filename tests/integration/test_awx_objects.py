@@ -180,4 +180,3 @@ def test_execution_environment_builds_its_context_offline_with_controller_needs_
     introspected = yaml.safe_load(proc.stdout.split("\n", 1)[1])
     assert introspected == {"python": [], "system": ["openssh-clients [platform:rpm]  # from collection minimarket.backup",
                                                      "openssh-client [platform:dpkg]  # from collection minimarket.backup"]}
-

@@ -18,10 +18,11 @@ import yaml
 
 from testenv import pgcompare
 from tests.awx_job import BIN, ROOT, AwxJob, bare_env
-from tests.integration.test_backup_report import receiver  # noqa: F401 (the fixture)
+from tests.integration import test_backup_report
 
 CREDENTIAL_TYPE = os.path.join(ROOT, "awx", "credential_types", "minimarket_database.yml")
 VAULT_PASSWORD = "vault-" + uuid.uuid4().hex
+receiver = test_backup_report.receiver  # the webhook receiver fixture: the job's success notification lands there
 
 
 def encrypted(plain, tmp_path):
@@ -49,7 +50,7 @@ def psql(stack, sql, dbname="minimarket"):
 
 
 @pytest.fixture
-def awx_job(tmp_path, ssh_host, compose_stack, receiver):  # noqa: F811 (receiver is the imported fixture)
+def awx_job(tmp_path, ssh_host, compose_stack, receiver):
     """A job's private data directory against the stack on the SSH host, with every credential AWX would give."""
     hook = receiver()
     job = AwxJob(tmp_path).sync()
