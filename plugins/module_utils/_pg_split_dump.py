@@ -868,10 +868,11 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
     tools.check_client("pg_restore", server_num)
     live_exists = database_exists(tools, db)
     when = utc_now()
-    result = {"src": backup.path, "backup": backup.describe(), "strategy": strategy, "database": db, "previous": None, "tables": {}}
+    result = {"src": backup.path, "strategy": strategy, "database": db, "previous": None, "tables": {}}
     if backup.warnings:
         result["warnings"] = list(backup.warnings)
     props = backup.metadata.get("database_properties", {})
+    result["backup"] = backup.describe()
     existing = existing_roles(tools)
     plan = prepare_globals(backup, existing, identity_file) if restore_globals else None
     check_roles(props, existing, db, plan["created"] if plan else ())
