@@ -172,6 +172,18 @@ def test_schedule_prepares_the_host_and_installs_the_jobs_over_ssh(controller):
     assert not os.path.exists("/etc/cron.d/%s" % cron_file)
 
 
+def test_compose_v1_names_work_the_same(controller, ssh_host, compose_stack, tmp_path):
+    """The session stack keeps Compose v1 names (<project>_<service>_1): the same inventory finds it by its labels."""
+    assert compose_stack.containers["postgres"] == "%s_postgres_1" % compose_stack.project
+    root = str(tmp_path / "v1-backups")
+    inventory = variant_inventory(controller, ssh_host, "compose-v1",
+                                  group_vars=dict(compose_stack.inventory_vars(), minimarket_backup_root=root))
+    rc, out = controller.play("backup_database", inventory=inventory, env={"MINIMARKET_DB_PASSWORD": compose_stack.password})
+    assert rc == 0, out
+    [metadata] = glob.glob(os.path.join(root, "database", "database_production_*_metadata.json"))
+    assert json.load(open(metadata))["container"] == "%s_postgres_1" % compose_stack.project
+
+
 def test_database_backup_over_ssh(controller):
     rc, out = controller.snapshot("save", "before.json")
     assert rc == 0, out
@@ -230,8 +242,8 @@ def fatal_lines(out):
     return [line for line in out.splitlines() if line.startswith("fatal: [")]
 
 
-def bad_inventory(controller, ssh_host, name, group_vars=None, host_vars=None, **connection):
-    """The controller's inventory with one thing wrong (written beside it, so nothing else differs)."""
+def variant_inventory(controller, ssh_host, name, group_vars=None, host_vars=None, **connection):
+    """The controller's inventory with one thing changed (written beside it, so nothing else differs)."""
     directory = os.path.join(controller.cwd, "inventories", name)
     variables = dict(controller.group_vars, **(group_vars or {}))
     return ssh_host.write_inventory(directory, ENVIRONMENT, host_vars=host_vars, group_vars=variables, **connection)
@@ -249,7 +261,7 @@ def test_connection_problems_fail_in_one_line_and_change_nothing(controller, ssh
         "sudo_refused": dict(user=NOSUDO_USER),
     }[case]
     before = controller.files("database"), controller.files("volumes")
-    rc, out = controller.play("backup_database", inventory=bad_inventory(controller, ssh_host, case, **connection))
+    rc, out = controller.play("backup_database", inventory=variant_inventory(controller, ssh_host, case, **connection))
     assert rc != 0, out
     assert expected in fatal_lines(out)[-1], out  # the run ends on the problem itself, once per failed step
     assert "One or more items failed" not in out and "All items completed" not in out, out
@@ -263,7 +275,7 @@ def test_a_vaulted_password_without_the_vault_secret_fails_in_one_line(controlle
         [os.path.join(BIN, "ansible-vault"), "encrypt_string", "--vault-password-file", str(secret), "--name",
          "vault_minimarket_db_password", controller.stack.password],
         capture_output=True, text=True, check=True, env=controller_environ(controller.collections)).stdout
-    inventory = bad_inventory(controller, ssh_host, "vaulted")
+    inventory = variant_inventory(controller, ssh_host, "vaulted")
     with open(os.path.join(inventory, "group_vars", "backup_hosts", "vault.yml"), "w") as handle:
         handle.write("---\n" + encrypted)
     before = controller.files("database")
@@ -279,7 +291,7 @@ def test_a_vaulted_password_without_the_vault_secret_fails_in_one_line(controlle
 
 def test_no_container_with_the_labels_names_both(controller, ssh_host):
     before = controller.files("database")
-    inventory = bad_inventory(controller, ssh_host, "wrong-project", group_vars={"minimarket_compose_project": "mmtest-absent"})
+    inventory = variant_inventory(controller, ssh_host, "wrong-project", group_vars={"minimarket_compose_project": "mmtest-absent"})
     rc, out = controller.play("backup_database", inventory=inventory)
     assert rc == 2, out
     expected = ("no container with labels com.docker.compose.project=mmtest-absent and com.docker.compose.service=postgres "
