@@ -6,12 +6,14 @@
 # MINIMARKET_PROJECT (default inventario-retail) is the project name, so volumes are
 # <project>_postgres-data etc. and containers <project>_<service>_1 in both versions.
 # MINIMARKET_DB_PASSWORD is the postgres password (a dev default only for development).
+# MINIMARKET_NAME_SEPARATOR=- names containers the Compose v2 way (<project>-<service>-1).
+# MINIMARKET_COMPOSE_FILE overrides the file (a copy with its own .env, see testenv/stack.py).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 export MINIMARKET_ENV=${MINIMARKET_ENV:-development}
 export MINIMARKET_PROJECT=${MINIMARKET_PROJECT:-inventario-retail}
-file="$HERE/compose/docker-compose.$MINIMARKET_ENV.yml"
+file=${MINIMARKET_COMPOSE_FILE:-$HERE/compose/docker-compose.$MINIMARKET_ENV.yml}
 
 [ -f "$file" ] || { echo "compose.sh: no compose file for environment '$MINIMARKET_ENV' ($file); use MINIMARKET_ENV=development" >&2; exit 2; }
 if [ "$MINIMARKET_ENV" != development ] && [ -z "${MINIMARKET_DB_PASSWORD:-}" ]; then

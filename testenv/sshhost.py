@@ -109,6 +109,11 @@ class SshHost(object):
 
     # -- paths ------------------------------------------------------------------------------------
     @property
+    def host(self):
+        """The address an inventory's ``ansible_host`` names."""
+        return self.address
+
+    @property
     def key(self):
         """The deploy user's private key (authorized for ``deploy`` and ``NOSUDO_USER``)."""
         return os.path.join(self.tmp, "id_ed25519")

@@ -1,16 +1,25 @@
 """Names of the development stack and a handle on one running instance (for pytest fixtures).
 
 Compose project ``inventario-retail`` by default; tests use a unique project so the
-real one is never touched. Names follow compose v1 (and the explicit container_name
-values in the compose file): volumes ``<project>_<key>``, containers ``<project>_<service>_1``.
+real one is never touched. Volumes are ``<project>_<key>`` in both compose versions; containers are
+``<project>_<service>_1`` (v1, the default) or, with ``naming="v2"``, ``<project>-<service>-1``
+(the compose file's explicit container_name values follow MINIMARKET_NAME_SEPARATOR).
+
+With ``compose_dir`` the stack runs from a copy of the compose file in that directory with a
+``.env`` beside it, as a shop's /opt/inventario-retail is: compose run later by the collection on
+the host (no MINIMARKET_* variables there) then still finds this project's names, port and password.
 """
 import os
+import shutil
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STACK_SH = os.path.join(HERE, "stack.sh")
 COMPOSE_SH = os.path.join(HERE, "compose.sh")
+COMPOSE_DIR = os.path.join(HERE, "compose")
+COMPOSE_FILE = "docker-compose.development.yml"
+NAME_SEPARATORS = {"v1": "_", "v2": "-"}
 PROJECT = "inventario-retail"
 PG_IMAGE = "minimarket/postgres:15"
 BUSYBOX_IMAGE = "minimarket/busybox:latest"
@@ -22,7 +31,7 @@ VOLUMES = ("postgres-data", "grafana-data", "prometheus-data", "loki-data", "red
 class ComposeStack:
     """A development stack under ``project``: names, connection data and script runners."""
 
-    def __init__(self, project, pg_port, password, seed_rows=500):
+    def __init__(self, project, pg_port, password, seed_rows=500, naming="v1", compose_dir=None):
         self.project = project
         self.host = "127.0.0.1"
         self.port = pg_port
@@ -30,12 +39,35 @@ class ComposeStack:
         self.password = password
         self.dbname = "minimarket"
         self.seed_rows = seed_rows
-        self.env = dict(os.environ, MINIMARKET_PROJECT=project, MINIMARKET_PG_PORT=str(pg_port),
-                        MINIMARKET_DB_PASSWORD=password, MINIMARKET_SEED_ROWS=str(seed_rows),
-                        MINIMARKET_PYTHON=sys.executable)
-        self.containers = {s: f"{project}_{s}_1" for s in SERVICES}
+        sep = NAME_SEPARATORS[naming]
+        names = dict(MINIMARKET_PROJECT=project, MINIMARKET_PG_PORT=str(pg_port), MINIMARKET_DB_PASSWORD=password,
+                     MINIMARKET_NAME_SEPARATOR=sep)
+        self.compose_file = os.path.join(COMPOSE_DIR, COMPOSE_FILE)
+        if compose_dir:
+            self.compose_file = self._copy_compose(compose_dir, names)
+        self.env = dict(os.environ, MINIMARKET_SEED_ROWS=str(seed_rows), MINIMARKET_PYTHON=sys.executable,
+                        MINIMARKET_COMPOSE_FILE=self.compose_file, **names)
+        self.containers = {s: f"{project}{sep}{s}{sep}1" for s in SERVICES}
         self.volumes = {v: f"{project}_{v}" for v in VOLUMES}
         self.up_output = None
+
+    @staticmethod
+    def _copy_compose(directory, names):
+        os.makedirs(directory, exist_ok=True)
+        shutil.copy(os.path.join(COMPOSE_DIR, COMPOSE_FILE), directory)
+        shutil.copy(os.path.join(COMPOSE_DIR, "fake-service.sh"), directory)
+        env_file = os.path.join(directory, ".env")
+        with open(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.writelines("%s=%s\n" % item for item in sorted(names.items()))
+        return os.path.join(directory, COMPOSE_FILE)
+
+    def inventory_vars(self):
+        """The inventory variables that aim the collection at this stack instead of inventario-retail."""
+        return {
+            "minimarket_compose_project": self.project,
+            "minimarket_compose_file": self.compose_file,
+            "minimarket_volumes": [self.volumes[v] for v in VOLUMES],
+        }
 
     def conninfo(self, dbname="minimarket"):
         return (f"host={self.host} port={self.port} user={self.user} "

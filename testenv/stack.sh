@@ -7,7 +7,8 @@
 #   testenv/stack.sh down [--volumes]   stop and remove containers (and volumes if asked)
 # Environment: MINIMARKET_PROJECT (inventario-retail), MINIMARKET_PG_PORT (55432),
 # MINIMARKET_DB_PASSWORD (development default), MINIMARKET_SEED_ROWS (10000),
-# MINIMARKET_PYTHON (python with psycopg for the seed; default .venv/bin/python).
+# MINIMARKET_PYTHON (python with psycopg for the seed; default .venv/bin/python),
+# MINIMARKET_NAME_SEPARATOR and MINIMARKET_COMPOSE_FILE (see compose.sh).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -16,7 +17,7 @@ export MINIMARKET_PROJECT=${MINIMARKET_PROJECT:-inventario-retail}
 export MINIMARKET_DB_PASSWORD=${MINIMARKET_DB_PASSWORD:-minimarket-dev}
 ROWS=${MINIMARKET_SEED_ROWS:-10000}
 DB=minimarket
-PG_CONTAINER="${MINIMARKET_PROJECT}_postgres_1"
+PG_CONTAINER="${MINIMARKET_PROJECT}${MINIMARKET_NAME_SEPARATOR:-_}postgres${MINIMARKET_NAME_SEPARATOR:-_}1"
 PYTHON=${MINIMARKET_PYTHON:-$REPO/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 

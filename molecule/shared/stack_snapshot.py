@@ -4,6 +4,7 @@ every sequence's position in the live database, and every file of the non-databa
 Used by the recovery scenarios and `make demo`: a snapshot taken before the disaster must equal
 the one taken after the recovery.  Usage: stack_snapshot.py save FILE | compare FILE
 """
+import functools
 import hashlib
 import json
 import os
@@ -12,7 +13,6 @@ import subprocess
 import sys
 
 PROJECT = os.environ.get("MINIMARKET_PROJECT", "inventario-retail")
-CONTAINER = PROJECT + "_postgres_1"
 DATABASE = "minimarket"
 # postgres-data is compared through SQL: a running server rewrites its files.
 VOLUMES = ["grafana-data", "prometheus-data", "loki-data", "redis-data"]
@@ -24,15 +24,28 @@ TABLES_SQL = (
 SEQUENCES_SQL = "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences ORDER BY 1"
 
 
+@functools.lru_cache(maxsize=None)
+def container(service="postgres"):
+    """Found by compose labels, so Compose v1 and v2 container names both work."""
+    found = subprocess.run(
+        ["docker", "ps", "--quiet", "--filter", "label=com.docker.compose.project=%s" % PROJECT,
+         "--filter", "label=com.docker.compose.service=%s" % service], capture_output=True, text=True, check=False,
+    ).stdout.split()
+    if len(found) != 1:
+        raise SystemExit("expected one running %s container in project %s, found %d" % (service, PROJECT, len(found)))
+    return found[0]
+
+
 def psql(sql):
+    name = container()
     proc = subprocess.run(
-        ["docker", "exec", "-i", CONTAINER, "psql", "--username", "postgres", "--dbname", DATABASE, "--no-psqlrc",
+        ["docker", "exec", "-i", name, "psql", "--username", "postgres", "--dbname", DATABASE, "--no-psqlrc",
          "--tuples-only", "--no-align", "--field-separator", "|", "--set", "ON_ERROR_STOP=1",
          "--command", "SET TimeZone = 'UTC'", "--command", sql],
         capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
-        raise SystemExit("psql failed on %s: %s" % (CONTAINER, proc.stderr.strip()))
+        raise SystemExit("psql failed on %s: %s" % (name, proc.stderr.strip()))
     return [line for line in proc.stdout.splitlines() if line and line != "SET"]
 
 

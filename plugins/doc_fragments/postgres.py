@@ -46,6 +46,19 @@ options:
       - Data streams through the container's standard input and output; connection settings are passed as
         environment variables whose values never appear on the command line.
       - Connection options are then resolved inside the container (an empty O(login_host) means the container's local socket).
+      - Mutually exclusive with O(compose_service).
+    type: str
+  compose_project:
+    description:
+      - Compose project of O(compose_service).
+    type: str
+  compose_service:
+    description:
+      - Like O(container), in the running container of this compose service, found by its labels
+        C(com.docker.compose.project=<compose_project>) and C(com.docker.compose.service=<compose_service>).
+      - Works whatever the container is called (Compose v1 C(<project>_<service>_1), v2 C(<project>-<service>-1),
+        or an explicit C(container_name)).
+      - Fails naming both labels when no container has them, and naming the container when it is not running.
     type: str
   bin_dir:
     description:
@@ -55,5 +68,5 @@ options:
     type: path
 requirements:
   - PostgreSQL client programs (C(psql), C(pg_dump), C(pg_restore)) at least as new as the server, or the C(docker) CLI
-    when O(container) is used.
+    when O(container) or O(compose_service) is used.
 """

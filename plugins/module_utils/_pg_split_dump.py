@@ -250,11 +250,25 @@ def snapshot_facts(session, db):
     return snapshot, relations, counts, objects, props
 
 
-def check_dest(dest):
+def check_dest(dest, may_not_exist=False):
+    """Refuse a dest the dump cannot write into.
+
+    With ``may_not_exist`` (check mode: backup_storage creates the directories only in a real run) a
+    missing dest is fine when its nearest existing parent is a writable directory; returns whether it exists.
+    """
+    if may_not_exist and not os.path.lexists(dest):
+        parent = os.path.dirname(os.path.abspath(dest))
+        while not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):
+            raise BackupError("dest %s does not exist and %s is not a writable directory: fix dest or the permissions of %s"
+                              % (dest, parent, parent))
+        return False
     if not os.path.isdir(dest):
         raise BackupError("dest %s is not a directory: create it (mode 0700) or fix dest" % dest)
     if not os.access(dest, os.W_OK | os.X_OK):
         raise BackupError("dest %s is not writable by this user: fix its permissions or choose another dest" % dest)
+    return True
 
 
 def plan_dump(dest, environment, compression, when=None, encrypted=False):

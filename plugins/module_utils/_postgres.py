@@ -16,6 +16,7 @@ import tempfile
 import threading
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._compose import service_container
 
 SENTINEL = "__minimarket_backup_done__"
 FIELD_SEP = "\x1f"
@@ -33,6 +34,8 @@ def postgres_common_argument_spec():
         login_unix_socket=dict(type="str", default=""),
         maintenance_db=dict(type="str", default="postgres"),
         container=dict(type="str"),
+        compose_project=dict(type="str"),
+        compose_service=dict(type="str"),
         bin_dir=dict(type="path"),
     )
 
@@ -97,7 +100,8 @@ class PgTools(object):
     """Builds argv + environment for psql/pg_dump/pg_restore in native or container mode."""
 
     def __init__(self, params, run_command=None):
-        self.container = params.get("container") or None
+        self._container = params.get("container") or None
+        self.compose = (params["compose_project"], params["compose_service"]) if params.get("compose_service") else None
         self.bin_dir = params.get("bin_dir") or None
         self.maintenance_db = params.get("maintenance_db") or "postgres"
         self.run_command = run_command or subprocess_runner
@@ -111,6 +115,13 @@ class PgTools(object):
             self.conn_env["PGUSER"] = params["login_user"]
         if params.get("login_password"):
             self.conn_env["PGPASSWORD"] = params["login_password"]
+
+    @property
+    def container(self):
+        """The container the tools run in: given, or found by compose labels on first use (None: native tools)."""
+        if self._container is None and self.compose:
+            self._container = service_container(self.run_command, *self.compose)
+        return self._container
 
     def environ_update(self):
         env = dict(self.conn_env)

@@ -354,6 +354,9 @@ def delete_files(directory, paths):
 def prune(directory, prefix, policy, now, check_mode=False):
     """Plan, then (outside check mode) delete under the set's backup lock so no dump of the set runs meanwhile."""
     kind, environment = parse_prefix(prefix)
+    if check_mode and not os.path.lexists(directory):
+        # A fresh host: the run creates the directory, so there is nothing to prune (and nothing to warn about).
+        return dict(kept=[], deleted=[], bytes_freed=0, warnings=[], files_before=[], files_after=[], delete_paths=[])
     require_directory(directory)
     if check_mode:
         return plan(directory, prefix, policy, now)

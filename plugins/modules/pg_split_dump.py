@@ -162,10 +162,11 @@ EXAMPLES = r"""
     environment: production
     compression: zstd
 
-- name: Dump through the postgres container (no client on the host)
+- name: Dump through the postgres container (no client on the host), found by its compose labels (v1 or v2)
   minimarket.backup.pg_split_dump:
     db: minimarket
-    container: inventario-retail_postgres_1
+    compose_project: inventario-retail
+    compose_service: postgres
     login_password: "{{ vault_pg_password }}"
     dest: /var/backups/minimarket/database
     environment: production
@@ -174,7 +175,8 @@ EXAMPLES = r"""
   minimarket.backup.pg_split_dump:
     state: restore
     db: minimarket
-    container: inventario-retail_postgres_1
+    compose_project: inventario-retail
+    compose_service: postgres
     dest: /var/backups/minimarket/database
     environment: production
     src: latest
@@ -183,14 +185,16 @@ EXAMPLES = r"""
   minimarket.backup.pg_split_dump:
     state: restore
     db: minimarket
-    container: inventario-retail_postgres_1
+    compose_project: inventario-retail
+    compose_service: postgres
     src: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
     restore_globals: true
 
 - name: Dump encrypted for two keys (the private keys stay off the host)
   minimarket.backup.pg_split_dump:
     db: minimarket
-    container: inventario-retail_postgres_1
+    compose_project: inventario-retail
+    compose_service: postgres
     dest: /var/backups/minimarket/database
     environment: production
     age_recipients:
@@ -201,7 +205,8 @@ EXAMPLES = r"""
   minimarket.backup.pg_split_dump:
     state: restore
     db: minimarket
-    container: inventario-retail_postgres_1
+    compose_project: inventario-retail
+    compose_service: postgres
     dest: /var/backups/minimarket/database
     environment: production
     src: latest
@@ -405,12 +410,15 @@ def run(module, tools):
     if state == "dump":
         if module.check_mode:
             recipients = check_recipients(params["age_recipients"])
-            check_dest(params["dest"])
+            dest_exists = check_dest(params["dest"], may_not_exist=True)
             tools.check_client("pg_dump", tools.server_version_num(params["db"]))
             check_compression_level(params["compression"], params["compression_level"])
             path = plan_dump(params["dest"], params["environment"], params["compression"], encrypted=bool(recipients))
+            msg = "would write %s" % path
+            if not dest_exists:
+                msg += " (%s does not exist yet: the run creates it)" % params["dest"]
             return dict(changed=True, archive=path, metadata=metadata_path(path), encrypted=bool(recipients),
-                        recipients=recipients, msg="would write %s" % path)
+                        recipients=recipients, msg=msg)
         result = dump(tools, params["db"], params["dest"], params["environment"], params["compression"],
                       params["jobs"], params["include_globals"], params["age_recipients"], params["compression_level"])
         return dict(changed=True, **result)
@@ -454,6 +462,8 @@ def main():
     module = AnsibleModule(
         argument_spec=argument_spec,
         supports_check_mode=True,
+        mutually_exclusive=[("container", "compose_service")],
+        required_together=[("compose_project", "compose_service")],
         required_if=[
             ("state", "dump", ("dest",)),
             ("state", "restore", ("src",)),

@@ -66,8 +66,8 @@ def awx_job(tmp_path, ssh_host, compose_stack, receiver):
         "minimarket_backup_root": str(tmp_path / "backups"),
         "minimarket_compose_project": compose_stack.project,
         "minimarket_compose_file": materialized_compose_file(compose_stack, tmp_path / "compose.yml"),
-        "minimarket_db_container": compose_stack.containers["postgres"],
-        # TCP inside the container: scram, so the job needs the password its credential injects.
+        # The tools run in the postgres container (found by its compose labels) over TCP: scram, so the job needs
+        # the password its credential injects.
         "minimarket_db_host": "127.0.0.1",
         "minimarket_volumes": sorted(compose_stack.volumes.values()),
         "minimarket_metrics_enabled": False,

@@ -99,11 +99,12 @@ def metrics(tmp_path):
 
 def test_failed_backup_is_recorded_notified_and_still_fails_with_its_own_error(tmp_path, receiver):
     hook = receiver(200)
-    rc, out = run("backup_database.yml", tmp_path, "-e", "minimarket_db_container=mm_no_such_container",
+    rc, out = run("backup_database.yml", tmp_path, "-e", "minimarket_db_service=mm_no_such_service",
                   env={"MINIMARKET_NOTIFY_WEBHOOK_URL": hook.url})
     assert rc == 2, out
     message = last_fatal_message(out)
-    assert "No such container: mm_no_such_container" in message
+    assert ("no container with labels com.docker.compose.project=inventario-retail and "
+            "com.docker.compose.service=mm_no_such_service on this host" in message), message
     assert "rescued=1" in out and "failed=1" in out
     assert TOKEN not in out
 
@@ -147,7 +148,7 @@ def test_undeliverable_webhook_does_not_mask_the_failure(tmp_path, receiver, ans
 
 def test_successful_backup_records_size_and_keeps_the_failure_history(tmp_path, receiver, pg_server, seed_database):
     db = seed_database(rows=50)
-    db_vars = ["-e", "minimarket_db_container=", "-e", "minimarket_db_host=%s" % pg_server.host,
+    db_vars = ["-e", "minimarket_db_tools_in_container=false", "-e", "minimarket_db_host=%s" % pg_server.host,
                "-e", "minimarket_db_port=%d" % pg_server.port, "-e", "minimarket_db_user=%s" % pg_server.user,
                "-e", "minimarket_db_name=%s" % db]
     rc, out = run("backup_database.yml", tmp_path, *db_vars, "-e", "minimarket_db_port=1",

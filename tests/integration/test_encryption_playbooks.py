@@ -18,7 +18,7 @@ def run(playbook, tmp_path, db_vars, *extra, password):
 def test_backup_and_restore_playbooks_encrypt_and_need_the_key(tmp_path, pg_server, seed_database):
     identity, public = make_key(tmp_path, "right.txt")
     db = seed_database(rows=50)
-    db_vars = {"minimarket_db_container": "", "minimarket_db_host": pg_server.host, "minimarket_db_port": pg_server.port,
+    db_vars = {"minimarket_db_tools_in_container": False, "minimarket_db_host": pg_server.host, "minimarket_db_port": pg_server.port,
                "minimarket_db_user": pg_server.user, "minimarket_db_name": db}
     before = pgcompare.snapshot(pg_server.dsn(db))
 

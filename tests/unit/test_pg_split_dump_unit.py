@@ -160,7 +160,11 @@ def test_plan_dump_rejects_bad_environment(tmp_path):
 def test_check_dest_messages(tmp_path):
     with pytest.raises(BackupError, match="is not a directory"):
         psd.check_dest(str(tmp_path / "missing"))
-    psd.check_dest(str(tmp_path))
+    assert psd.check_dest(str(tmp_path)) is True
+    assert psd.check_dest(str(tmp_path / "missing" / "database"), may_not_exist=True) is False
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BackupError, match=r"does not exist and .*/file is not a writable directory"):
+        psd.check_dest(str(tmp_path / "file" / "database"), may_not_exist=True)
 
 
 def test_subprocess_runner_passes_stdin_and_env():

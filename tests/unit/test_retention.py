@@ -395,6 +395,16 @@ def test_prune_check_mode_takes_no_lock_and_deletes_nothing(backup_dir):
         "database_production_20240303_020000_metadata.json"]
 
 
+def test_prune_check_mode_on_a_fresh_host_plans_nothing_and_creates_nothing(tmp_path):
+    missing = str(tmp_path / "database")
+    now = datetime.datetime(2024, 3, 1, 2, tzinfo=UTC)
+    result = prune(missing, "database_production_", Policy(retention_days=0, keep_last=1), now, check_mode=True)
+    assert (result["kept"], result["deleted"], result["files_before"], result["warnings"]) == ([], [], [], [])
+    assert not os.path.exists(missing)
+    with pytest.raises(BackupError, match="does not exist or is not a directory"):
+        prune(missing, "database_production_", Policy(retention_days=0, keep_last=1), now)
+
+
 def test_prune_reports_an_unusable_lock_in_one_line(backup_dir):
     backup_dir.complete(datetime.datetime(2024, 3, 1, 2, tzinfo=UTC))
     os.mkdir(os.path.join(backup_dir.path, ".database_production.lock"))
