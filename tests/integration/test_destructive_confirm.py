@@ -47,7 +47,7 @@ def dumped(pg_server, seeded_db, tmp_path, dropped_databases):
     assert result["_rc"] == 0, result
     hosts = inventory(tmp_path, minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host, minimarket_db_port=pg_server.port,
                       minimarket_db_user=pg_server.user, minimarket_db_password=pg_server.password,
-                      minimarket_services_to_stop=["agente_deposito"])
+                      minimarket_db_tools_in_container=False, minimarket_services_to_stop=["agente_deposito"])
     return hosts, result["archive"]
 
 
