@@ -144,7 +144,8 @@ def test_restore_playbook_fetches_from_the_second_location_what_the_disk_lacks(
     pg_server.execute("DELETE FROM ventas WHERE id % 2 = 0 AND id NOT IN (SELECT venta_id FROM venta_items)", seeded_db)
     pg_server.execute("UPDATE productos SET nombre = 'damaged'", seeded_db)
 
-    hosts = inventory(tmp_path, minimarket_environment="testing", minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host,
+    hosts = inventory(tmp_path, minimarket_environment="testing", minimarket_db_tools_in_container=False,
+                      minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host,
                       minimarket_db_port=pg_server.port, minimarket_db_user=pg_server.user, minimarket_db_password=pg_server.password,
                       minimarket_offsite_remote=sftp_server.remote.rsplit("/", 1)[0],
                       minimarket_offsite_remote_config=sftp_server.remote_config)
