@@ -75,7 +75,8 @@ def controller(tmp_path_factory, ssh_host, shop, collections_path):
     group_vars = dict(shop.inventory_vars(), minimarket_backup_root=backup_root,
                       minimarket_metrics_textfile_dir=str(work / "metrics"),
                       minimarket_project_dir=installed, minimarket_ansible_playbook=os.path.join(BIN, "ansible-playbook"),
-                      minimarket_schedule_inventory=str(work / "inventories" / ENVIRONMENT), minimarket_vault_password_file="")
+                      minimarket_schedule_inventory=str(work / "inventories" / ENVIRONMENT), minimarket_vault_password_file="",
+                      minimarket_secrets_file="")
     inventory = ssh_host.write_inventory(str(work / "inventories" / ENVIRONMENT), ENVIRONMENT, group_vars=group_vars)
     handle = Controller(str(work), inventory, collections_path, shop, backup_root, installed)
     handle.group_vars = group_vars
