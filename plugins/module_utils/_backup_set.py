@@ -207,13 +207,17 @@ def resolve_source(src, directory, kind, environment, identity_file=None):
     missing or wrong key fails here, before the caller touches anything.
     """
     if src == "latest":
-        complete = [b for b in list_backups(directory, kind, environment) if b.complete]
+        found = list_backups(directory, kind, environment)
+        complete = [b for b in found if b.complete]
         if not complete:
             raise BackupError(
                 "no complete %s backup for environment %r in %s: pass src with the path of a backup"
                 % (kind, environment, directory)
             )
         backup = complete[-1]
+        # The operator must know that latest is not the newest backup: each newer one is named with why it was passed over.
+        skipped = ["src=latest skipped the newer backup %s: %s" % (b.name, b.problem) for b in found[found.index(backup) + 1:]]
+        backup.warnings.extend(skipped)
     else:
         name = os.path.basename(src)
         if parse_archive_name(name) is None:
