@@ -71,8 +71,9 @@ MANIFEST = "manifest.json"
 LAST = ".last"
 LEVELS = {"gzip": 9, "zstd": 19}
 
+# Names as JSON: psql prints one row per line, and a name may hold a newline.
 USER_RELATIONS = """
-SELECT n.nspname, c.relname, c.relpages
+SELECT to_json(n.nspname), to_json(c.relname), c.relpages
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND c.relpersistence <> 't'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
@@ -233,19 +234,25 @@ def run_dump_stream(tools, writer, stream, args, extra, abort=None):
             raise BackupError(explain(errors.read().decode("utf-8", "replace"), "pg_dump of %s" % stream, rc, tools.container))
 
 
+def list_relations(session, what):
+    return [(json.loads(r[0]), json.loads(r[1]), int(r[2])) for r in session.query(USER_RELATIONS, what=what)]
+
+
+def count_rows(session, relations, what):
+    """{schema.table: rows}; rows are labelled by position, since a name may not fit on one psql line."""
+    if not relations:
+        return {}
+    sql = "\nUNION ALL ".join("SELECT %d, count(*) FROM %s.%s" % (index, quote_ident(s), quote_ident(n))
+                              for index, (s, n, _pages) in enumerate(relations))
+    return dict((table_name(*relations[int(index)][:2]), int(count)) for index, count in session.query(sql + ";", what=what))
+
+
 def snapshot_facts(session, db):
     """Everything the metadata records about the data, read inside the exported snapshot."""
     session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", what="starting the snapshot transaction")
     snapshot = session.query("SELECT pg_export_snapshot();", what="exporting the snapshot")[0][0]
-    relations = [(r[0], r[1], int(r[2])) for r in session.query(USER_RELATIONS, what="listing tables")]
-    counts = {}
-    if relations:
-        sql = "\nUNION ALL ".join(
-            "SELECT %s, count(*) FROM %s.%s" % (quote_literal(table_name(s, n)), quote_ident(s), quote_ident(n))
-            for s, n, _pages in relations
-        )
-        for name, count in session.query(sql + ";", what="counting rows"):
-            counts[name] = int(count)
+    relations = list_relations(session, "listing tables")
+    counts = count_rows(session, relations, "counting rows")
     objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting objects"))
     props = json.loads(session.query(DATABASE_PROPERTIES % quote_literal(db), what="reading database properties")[0][0])
     return snapshot, relations, counts, objects, props
@@ -867,14 +874,7 @@ def compare_contents(tools, dbname, metadata):
     session = tools.session(dbname)
     try:
         session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
-        relations = session.query(USER_RELATIONS, what="listing restored tables")
-        actual = {}
-        if relations:
-            sql = "\nUNION ALL ".join(
-                "SELECT %s, count(*) FROM %s.%s" % (quote_literal(table_name(r[0], r[1])), quote_ident(r[0]), quote_ident(r[1]))
-                for r in relations
-            )
-            actual = dict((k, int(v)) for k, v in session.query(sql + ";", what="counting restored rows"))
+        actual = count_rows(session, list_relations(session, "listing restored tables"), "counting restored rows")
         objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting restored objects"))
         session.query("COMMIT;")
     finally:
