@@ -66,10 +66,14 @@ class Job(object):
         self.lock_path = os.path.join(directory, name + LOCK_SUFFIX)
         # Locked before it appears under its name: a replay must never find it unlocked while this run lives.
         fresh = os.path.join(directory, "." + name + LOCK_SUFFIX + ".new")
-        self._lock = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
-        os.link(fresh, self.lock_path)
-        os.unlink(fresh)
+        try:
+            self._lock = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            os.link(fresh, self.lock_path)
+            os.unlink(fresh)
+        except OSError as exc:
+            raise BackupError("cannot start the journal in %s (%s): make the backup root writable or set journal_dir"
+                              % (directory, exc.strerror or exc))
 
     def record(self, step, **fields):
         """Append a step (``step`` names what is about to happen) and make it durable."""
@@ -84,8 +88,14 @@ class Job(object):
         self._write()
 
     def _write(self):
-        if self.path is not None:
+        """A step that cannot be recorded is not taken: the caller's own error handling undoes what came before."""
+        if self.path is None:
+            return
+        try:
             write_json(self.path, self.data)
+        except OSError as exc:
+            raise BackupError("cannot write the journal %s (%s): free space in the backup root or set journal_dir"
+                              % (self.path, exc.strerror or exc))
 
     def done(self):
         """Everything is back in order: remove the journal, then the lock."""
@@ -101,11 +111,16 @@ class Job(object):
 
 def write_json(path, data):
     temporary = _tmp_path(path)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(json.dumps(data, indent=1, sort_keys=True).encode("utf-8") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
     os.replace(temporary, path)
     fsync_directory(os.path.dirname(path))
 

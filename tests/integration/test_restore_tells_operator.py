@@ -117,3 +117,23 @@ def test_volume_archive_on_a_full_disk_says_so(engine, mm_docker, full_dest, com
     assert os.path.join(full_dest, "volumes_lleno_") in result["msg"], result["msg"]
     assert os.listdir(full_dest) == [".volumes_lleno.lock"]
     assert json.dumps(result).count("Traceback") == 0
+
+
+def test_a_journal_on_a_full_disk_fails_before_the_step(full_dest):
+    """The backup root is full: the step is not recorded, so it must not be taken (one clear line, no traceback)."""
+    from ansible_collections.minimarket.backup.plugins.module_utils import _journal
+    from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+    root = os.path.dirname(full_dest)
+    journal = _journal.Job(os.path.join(root, ".journal"), "x restore")
+    filler = os.open(os.path.join(root, "relleno"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError):
+            while True:
+                os.write(filler, b"\0" * 4096)
+        with pytest.raises(BackupError, match=r"cannot write the journal .*No space left on device.*: free space in the backup root"):
+            journal.record("container_stopped", id="abc", name="web")
+    finally:
+        os.close(filler)
+        os.unlink(os.path.join(root, "relleno"))
+        journal.done()
+    assert os.listdir(os.path.join(root, ".journal")) == []
