@@ -18,8 +18,14 @@ description:
   - O(state=restore) checks the archive (ours, sha256 equals the metadata) and the server before touching anything.
     With O(strategy=swap) it restores into a temporary database, loads table data in parallel before indexes,
     constraints and triggers exist, compares every table's row count and the object counts with the metadata, and only
-    then renames the live database to C(<db>_pre_restore_<timestamp>) and the restored one into place. Any failure before
-    the rename drops the temporary database and leaves the live one untouched.
+    then renames the live database to C(<db>_pre_restore_<timestamp>) and the restored one into place, both in one
+    transaction, so the live name is never missing. Any failure before the rename drops the temporary database and
+    leaves the live one untouched. RV(sessions) lists the sessions on the live database it terminated (in check mode,
+    would terminate).
+  - Every step a killed run would leave half done is first recorded in the intent journal (O(journal_dir)); every run
+    of this module or M(minimarket.backup.docker_volume_archive) first repairs what an interrupted run left (reopens
+    and renames back, drops temporary databases, restarts containers, puts volume data back) and returns it in
+    RV(repaired).
   - Database-level properties recorded by the dump (owner, connection limit, comment, C(GRANT ... ON DATABASE),
     C(ALTER DATABASE ... SET) and C(ALTER ROLE ... IN DATABASE ... SET)) are applied to the restored copy before the swap
     and compared with the metadata. When a role they name does not exist, restore and verify fail before touching
