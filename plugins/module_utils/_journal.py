@@ -237,6 +237,6 @@ def pending(directory):
         return lines
     for path, fd, data in _dead_runs(directory):
         os.close(fd)
-        lines.append("journal %s: an interrupted %s left %s" % (path, data.get("job"),
-                                                                   ", ".join(s.get("step") for s in data.get("steps", []))))
+        steps = ", ".join(step.get("step") for step in data.get("steps", []))
+        lines.append("journal %s: an interrupted %s left %s" % (path, data.get("job"), steps))
     return lines

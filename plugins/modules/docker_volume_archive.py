@@ -352,5 +352,6 @@ def run(module, p, journal_dir):
         }
     return result
 
+
 if __name__ == "__main__":
     main()

@@ -69,8 +69,9 @@ def test_latest_names_every_newer_backup_it_skipped(pg_server, seeded_db, backup
     checked = run_module(conn_args(pg_server, state="restore", db=seeded_db, dest=backup_dir, src="latest", environment="testing"),
                          check_mode=True)
     assert checked["_rc"] == 0 and checked["src"] == older["archive"], checked
-    assert warnings(checked) == ["src=latest skipped the newer backup %s: metadata file %s is missing"
-                                   % (os.path.basename(newer["archive"]), os.path.basename(newer["metadata"]))]
+    skipped = "src=latest skipped the newer backup %s: metadata file %s is missing" % (
+        os.path.basename(newer["archive"]), os.path.basename(newer["metadata"]))
+    assert warnings(checked) == [skipped]
 
 
 def test_restore_lists_the_sessions_it_terminates(pg_server, seeded_db, backup_dir, dropped_databases):
