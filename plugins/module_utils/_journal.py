@@ -32,11 +32,11 @@ LOCK_SUFFIX = ".lock"
 
 
 def default_dir(dest=None, src=None):
-    """``.journal`` in the backup root: the parent of ``dest`` (``<root>/database``, ``<root>/volumes``)."""
+    """``.journal`` in the backup root: the parent of ``dest`` (``<root>/database``, ``<root>/volumes``), else of src's directory."""
     if dest:
-        base = os.path.dirname(os.path.abspath(dest).rstrip("/")) or "/"
-    elif src and os.path.isabs(src):
-        base = os.path.dirname(os.path.dirname(src)) or "/"
+        base = os.path.dirname(os.path.abspath(dest))
+    elif src and src != "latest":
+        base = os.path.dirname(os.path.dirname(os.path.abspath(src)))
     else:
         return None
     return os.path.join(base, JOURNAL_DIRNAME)

@@ -146,7 +146,7 @@ options:
         (one JSON file per job, removed when the job ends). Every run first repairs what an interrupted run left
         there and reports it in RV(repaired).
       - Default is C(.journal) in the backup root, the parent of O(dest) (C(/var/backups/minimarket/.journal) for
-        O(dest=/var/backups/minimarket/database)), or of the directory of an absolute O(src). The volume module uses the
+        O(dest=/var/backups/minimarket/database)), or of the directory of O(src). The volume module uses the
         same directory, so either module repairs what the other left.
     type: path
   scratch_db:

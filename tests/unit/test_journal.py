@@ -121,4 +121,4 @@ def test_default_directory_is_in_the_backup_root():
     assert _journal.default_dir("/var/backups/minimarket/volumes/") == "/var/backups/minimarket/.journal"
     assert _journal.default_dir(None, "/var/backups/minimarket/database/database_production_20260101_000000.tar.gz") == \
         "/var/backups/minimarket/.journal"
-    assert _journal.default_dir(None, "relative.tar.gz") is None
+    assert _journal.default_dir(None, "latest") is None
