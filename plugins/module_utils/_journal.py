@@ -80,12 +80,6 @@ class Job(object):
         entry = dict(fields, step=step)
         self.data["steps"].append(entry)
         self._write()
-        return entry
-
-    def forget(self, entry):
-        """A step that is finished and needs no repair any more."""
-        self.data["steps"].remove(entry)
-        self._write()
 
     def _write(self):
         """A step that cannot be recorded is not taken: the caller's own error handling undoes what came before."""
