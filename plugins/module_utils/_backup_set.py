@@ -223,13 +223,17 @@ def resolve_source(src, directory, kind, environment, identity_file=None):
     missing or wrong key fails here, before the caller touches anything.
     """
     if src == "latest":
-        complete = [b for b in list_backups(directory, kind, environment) if b.complete]
+        found = list_backups(directory, kind, environment)
+        complete = [b for b in found if b.complete]
         if not complete:
             raise BackupError(
                 "no complete %s backup for environment %r in %s: pass src with the path of a backup"
                 % (kind, environment, directory)
             )
         backup = complete[-1]
+        # The operator must know that latest is not the newest backup: each newer one is named with why it was passed over.
+        skipped = ["src=latest skipped the newer backup %s: %s" % (b.name, b.problem) for b in found[found.index(backup) + 1:]]
+        backup.warnings.extend(skipped)
     else:
         name = os.path.basename(src)
         if parse_archive_name(name) is None:
@@ -360,15 +364,19 @@ class AtomicFile(object):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.partial)
         try:
-            fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            # Opened by name (not os.fdopen) so handle.name is the path a disk-full message must show.
+            self.handle = open(self.partial, "xb", opener=lambda path, flags: os.open(path, flags, 0o600))
         except OSError as exc:
             raise BackupError("cannot create %s: %s" % (self.partial, exc.strerror))
-        self.handle = os.fdopen(fd, "wb")
 
     def commit(self):
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+        except OSError as exc:
+            fix = "free space on the destination" if exc.errno == errno.ENOSPC else "check the destination"
+            raise BackupError("writing %s failed: %s -- %s or choose another dest" % (self.partial, exc.strerror or exc, fix))
         os.rename(self.partial, self.path)
         fsync_directory(os.path.dirname(os.path.abspath(self.path)))
 
@@ -499,6 +507,7 @@ class CompressedSink(object):
 
     def __init__(self, target, compression, recipients=None, level=None):
         self.target = target
+        self.where = target.name if isinstance(getattr(target, "name", None), str) else "the archive"
         self.digest = hashlib.sha256()
         self.size = 0
         self._error = None
@@ -550,15 +559,25 @@ class CompressedSink(object):
     def _stopped(self):
         """Why the pipeline stopped taking data: age's own message when age is the one that died."""
         if self._error is not None:
-            return "writing the archive failed: %s" % self._error
+            return self._write_failed(self._error)
         for name, proc, errors in reversed(self._procs):
             if errors is not None and proc.poll():
                 return "%s stopped before the end of the stream (%s)" % (name, _age_message(errors) or "exit status %d" % proc.returncode)
         return "%s stopped before the end of the stream" % self._procs[0][0]
 
+    def _write_failed(self, exc):
+        """One line with the file and the fix: a full disk is not a damaged archive."""
+        reason = getattr(exc, "strerror", None) or str(exc)
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            return "writing %s failed: %s -- free space on the destination or choose another dest" % (self.where, reason)
+        return "writing %s failed: %s -- check the destination (space, permissions, disk) or choose another dest" % (self.where, reason)
+
     def write(self, data):
         if not self._procs:
-            self._emit(bytes(data))
+            try:
+                self._emit(bytes(data))
+            except OSError as exc:
+                raise BackupError(self._write_failed(exc))
         else:
             try:
                 self._procs[0][1].stdin.write(data)
@@ -576,7 +595,7 @@ class CompressedSink(object):
             codes = [(name, proc.wait(), errors) for name, proc, errors in self._procs]
             self._thread.join()
             if self._error is not None:
-                raise BackupError("writing the archive failed: %s" % self._error)
+                raise BackupError(self._write_failed(self._error))
             # From the target end: a dead age makes the compressor die of SIGPIPE, age's status says why.
             for name, rc, errors in reversed(codes):
                 if rc != 0:

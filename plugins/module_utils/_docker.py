@@ -122,14 +122,17 @@ class Engine(object):
 
 
 @contextlib.contextmanager
-def containers_stopped(engine, containers, stopped):
+def containers_stopped(engine, containers, stopped, journal):
     """Stop ``containers``; restart exactly those that were stopped, whatever happens inside.
 
     ``stopped`` is filled as containers go down so the caller can report them
-    even after a failure.
+    even after a failure.  Each stop is recorded in ``journal`` first: a run
+    killed while they are down leaves them for the next run to start
+    (``container_stopped`` in repairers).
     """
     try:
         for container_id, name in containers:
+            journal.record("container_stopped", id=container_id, name=name, docker_host=engine.docker_host)
             engine.stop(container_id)
             stopped.append({"id": container_id, "name": name})
         yield stopped
@@ -141,4 +144,21 @@ def containers_stopped(engine, containers, stopped):
             except Exception as exc:
                 problems.append("%s (%s)" % (entry["name"], exc))
         if problems:
+            journal.keep = True
             raise BackupError("could not restart containers %s: start them by hand (docker start)" % ", ".join(problems))
+
+
+def start_stopped(engine, step):
+    """Journal repair: start a container a killed run stopped, unless it is gone or already running."""
+    try:
+        state = engine.api.inspect_container(step["id"])["State"]
+    except docker_errors.NotFound:
+        return []
+    if state.get("Running"):
+        return []
+    try:
+        engine.start(step["id"])
+    except docker_errors.APIError as exc:
+        raise BackupError("cannot start container %s that an interrupted run stopped: %s -- start it by hand (docker start %s)"
+                          % (step["name"], exc.explanation or exc, step["name"]))
+    return ["started container %s that an interrupted run had stopped" % step["name"]]

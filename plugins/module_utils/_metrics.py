@@ -30,6 +30,7 @@ METRICS = (
     ("last_duration_seconds", "Duration of the last backup run, successful or not."),
     ("last_size_bytes", "Size of the archive written by the last successful backup run."),
     ("last_verification_ok", "1 if the last verification of the backups passed, 0 if it failed."),
+    ("last_repairs", "Repairs the last run made first, from the intent journal of an interrupted run (0: none)."),
 )
 NAMES = tuple(name for name, _help in METRICS)
 SAMPLE_RE = re.compile(
@@ -78,14 +79,14 @@ def render(series):
     return "\n".join(lines) + "\n"
 
 
-def record(series, kind, environment, status, timestamp, duration=None, size=None, verified=None):
+def record(series, kind, environment, status, timestamp, duration=None, size=None, verified=None, repairs=None):
     """Apply one run to ``series`` in place and return the samples of that kind and environment."""
     if kind not in KINDS:
         raise BackupError("kind must be one of %s, not %r" % (", ".join(KINDS), kind))
     if status not in STATUSES:
         raise BackupError("status must be success or failure, not %r" % (status,))
     check_environment(environment)
-    for label, value in (("duration", duration), ("size", size), ("timestamp", timestamp)):
+    for label, value in (("duration", duration), ("size", size), ("timestamp", timestamp), ("repairs", repairs)):
         if value is not None and value < 0:
             raise BackupError("%s must not be negative (got %s)" % (label, value))
     entry = series.setdefault((kind, environment), {})
@@ -100,6 +101,8 @@ def record(series, kind, environment, status, timestamp, duration=None, size=Non
         entry["last_verification_ok"] = 1 if verified else 0
     if status == "failure" and kind == "verify":
         entry["last_verification_ok"] = 0
+    if repairs is not None:
+        entry["last_repairs"] = repairs
     return dict(entry)
 
 
@@ -127,7 +130,8 @@ def _read(path):
         raise BackupError("cannot read %s: %s; fix its permissions or remove it" % (path, exc.strerror))
 
 
-def update_file(path, kind, environment, status, timestamp=None, duration=None, size=None, verified=None, write=True):
+def update_file(path, kind, environment, status, timestamp=None, duration=None, size=None, verified=None, write=True,
+                repairs=None):
     """Record one run in the file at ``path``; returns (before text, after text, samples, ignored lines).
 
     With ``write=False`` (check mode) a missing directory is fine: the role would create it first.
@@ -138,12 +142,12 @@ def update_file(path, kind, environment, status, timestamp=None, duration=None, 
         if write:
             raise BackupError("textfile directory %s does not exist; create it or set the right path" % directory)
         series = {}
-        samples = record(series, kind, environment, status, timestamp, duration, size, verified)
+        samples = record(series, kind, environment, status, timestamp, duration, size, verified, repairs)
         return "", render(series), samples, 0
     with _directory_lock(directory):
         before = _read(path)
         series, ignored = parse(before)
-        samples = record(series, kind, environment, status, timestamp, duration, size, verified)
+        samples = record(series, kind, environment, status, timestamp, duration, size, verified, repairs)
         after = render(series)
         if write:
             with AtomicFile(path, locked=True) as out:

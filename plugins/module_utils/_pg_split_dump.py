@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 
+from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
     EXTENSIONS,
     FORMAT_VERSION,
@@ -70,8 +71,9 @@ MANIFEST = "manifest.json"
 LAST = ".last"
 LEVELS = {"gzip": 9, "zstd": 19}
 
+# Names as JSON: psql prints one row per line, and a name may hold a newline.
 USER_RELATIONS = """
-SELECT n.nspname, c.relname, c.relpages
+SELECT to_json(n.nspname), to_json(c.relname), c.relpages
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r' AND c.relpersistence <> 't'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
@@ -232,19 +234,25 @@ def run_dump_stream(tools, writer, stream, args, extra, abort=None):
             raise BackupError(explain(errors.read().decode("utf-8", "replace"), "pg_dump of %s" % stream, rc, tools.container))
 
 
+def list_relations(session, what):
+    return [(json.loads(r[0]), json.loads(r[1]), int(r[2])) for r in session.query(USER_RELATIONS, what=what)]
+
+
+def count_rows(session, relations, what):
+    """{schema.table: rows}; rows are labelled by position, since a name may not fit on one psql line."""
+    if not relations:
+        return {}
+    sql = "\nUNION ALL ".join("SELECT %d, count(*) FROM %s.%s" % (index, quote_ident(s), quote_ident(n))
+                              for index, (s, n, _pages) in enumerate(relations))
+    return dict((table_name(*relations[int(index)][:2]), int(count)) for index, count in session.query(sql + ";", what=what))
+
+
 def snapshot_facts(session, db):
     """Everything the metadata records about the data, read inside the exported snapshot."""
     session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", what="starting the snapshot transaction")
     snapshot = session.query("SELECT pg_export_snapshot();", what="exporting the snapshot")[0][0]
-    relations = [(r[0], r[1], int(r[2])) for r in session.query(USER_RELATIONS, what="listing tables")]
-    counts = {}
-    if relations:
-        sql = "\nUNION ALL ".join(
-            "SELECT %s, count(*) FROM %s.%s" % (quote_literal(table_name(s, n)), quote_ident(s), quote_ident(n))
-            for s, n, _pages in relations
-        )
-        for name, count in session.query(sql + ";", what="counting rows"):
-            counts[name] = int(count)
+    relations = list_relations(session, "listing tables")
+    counts = count_rows(session, relations, "counting rows")
     objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting objects"))
     props = json.loads(session.query(DATABASE_PROPERTIES % quote_literal(db), what="reading database properties")[0][0])
     return snapshot, relations, counts, objects, props
@@ -721,6 +729,57 @@ def clean_leftovers(tools, db, result, check_mode):
             drop_database(tools, name)
 
 
+# ---------------------------------------------------------------- journal replay
+
+
+def repairers(tools):
+    """What a killed restore or verify on this server left, put back by the journal replay (see _journal)."""
+
+    def on_this_server(step):
+        if step.get("server") != server_identity(tools):
+            where = step.get("server") or {}
+            raise BackupError("step %s on database %s belongs to the PostgreSQL server at %s (container %s): run pg_split_dump "
+                              "with those login settings to repair it" % (step["step"], step["database"],
+                                                                          "%s:%s" % (where.get("host"), where.get("port")),
+                                                                          where.get("container")))
+
+    def drop(step):
+        on_this_server(step)
+        if not database_exists(tools, step["database"]):
+            return []
+        drop_database(tools, step["database"])
+        return ["dropped database %s" % step["database"]]
+
+    def reopen(step):
+        on_this_server(step)
+        rows = tools.psql(tools.maintenance_db, "SELECT datallowconn FROM pg_database WHERE datname = %s;"
+                          % quote_literal(step["database"]), what="reading database %s" % step["database"])
+        if not rows or rows[0][0] == "t":
+            return []
+        tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true;" % quote_ident(step["database"]),
+                   what="reopening %s" % step["database"])
+        return ["reopened database %s to connections" % step["database"]]
+
+    def swapped(step):
+        """Nothing to undo (both renames commit together): say which state the interrupted restore left."""
+        on_this_server(step)
+        if not database_exists(tools, step["restored"]):
+            done = ["the interrupted restore had swapped %s into place: %s holds the restored data (the previous one was "
+                    "renamed %s)" % (step["restored"], step["database"], step["previous"])]
+            if step.get("drop_previous"):
+                done += drop(dict(step, database=step["previous"]))  # keep_previous: false, as the run was asked
+            return done
+        return ["the interrupted restore had not swapped yet: %s still holds its previous data" % step["database"]]
+
+    def recreated(step):
+        on_this_server(step)
+        return ["database %s was being restored with strategy drop when its run was killed: it may be missing or incomplete, "
+                "restore it again" % step["database"]]
+
+    return {"temporary_database": drop, "previous_database": drop, "database_closed": reopen, "database_swap": swapped,
+            "database_recreated": recreated}
+
+
 # ---------------------------------------------------------------- globals
 
 IDENT = r'(?:"(?:[^"]|"")*"|[A-Za-z_][A-Za-z0-9_$]*)'
@@ -829,14 +888,7 @@ def compare_contents(tools, dbname, metadata):
     session = tools.session(dbname)
     try:
         session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
-        relations = session.query(USER_RELATIONS, what="listing restored tables")
-        actual = {}
-        if relations:
-            sql = "\nUNION ALL ".join(
-                "SELECT %s, count(*) FROM %s.%s" % (quote_literal(table_name(r[0], r[1])), quote_ident(r[0]), quote_ident(r[1]))
-                for r in relations
-            )
-            actual = dict((k, int(v)) for k, v in session.query(sql + ";", what="counting restored rows"))
+        actual = count_rows(session, list_relations(session, "listing restored tables"), "counting restored rows")
         objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting restored objects"))
         session.query("COMMIT;")
     finally:
@@ -873,18 +925,57 @@ def suffix_name(db, label, when):
     return "%s_%s_%s" % (db[:63 - len(label) - 17], label, when.strftime("%Y%m%d_%H%M%S"))
 
 
+SESSIONS = """
+SELECT pid, usename, application_name, state{terminate} FROM pg_stat_activity
+WHERE datname = {db} AND pid <> pg_backend_pid() ORDER BY pid;
+"""
+
+
+def other_sessions(tools, db, terminate=False):
+    """[{pid, user, application, state}] of the sessions on db (terminated when asked): the operator is told which."""
+    sql = SESSIONS.format(terminate=", pg_terminate_backend(pid)" if terminate else "", db=quote_literal(db))
+    return session_rows(tools.psql(tools.maintenance_db, sql, what="listing the sessions on %s" % db))
+
+
+def session_rows(rows):
+    return [{"pid": int(r[0]), "user": r[1], "application": r[2], "state": r[3]} for r in rows]
+
+
+def check_source_database(backup, db, restore_as):
+    """A dump of database A restored under the name B is a decision, not an accident: it needs restore_as."""
+    source = backup.metadata.get("database")
+    if source and source != db:
+        if restore_as != db:
+            raise BackupError("%s is a dump of database %s, not %s: to restore it under the name %s set restore_as: %s, "
+                              "or set db: %s" % (backup.name, source, db, db, db, source))
+        return "restoring %s, a dump of database %s, under the name %s (restore_as)" % (backup.name, source, db)
+    if restore_as and restore_as != db:
+        raise BackupError("restore_as is %s but db is %s: restore_as must repeat db (it confirms the name the dump is "
+                          "restored under)" % (restore_as, db))
+    return None
+
+
+def server_identity(tools):
+    """Which server a journal step belongs to (no password): a run against another server must not repair it."""
+    return {"host": tools.conn_env.get("PGHOST", ""), "port": tools.conn_env.get("PGPORT", ""), "container": tools.container}
+
+
 def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2, keep_previous=True, check_mode=False,
-            restore_globals=False, identity_file=None):
+            restore_globals=False, identity_file=None, restore_as=None, journal=None):
+    """``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
+    journal = journal or _journal.Job(None, "restore")
     started = time.time()
     backup = load_backup(src, dest, environment, identity_file)
+    renamed = check_source_database(backup, db, restore_as)
     check_privileges(tools)
     server_num = tools.server_version_num(tools.maintenance_db)
     tools.check_client("pg_restore", server_num)
     live_exists = database_exists(tools, db)
     when = utc_now()
-    result = {"src": backup.path, "strategy": strategy, "database": db, "previous": None, "tables": {}}
-    if backup.warnings:
-        result["warnings"] = list(backup.warnings)
+    result = {"src": backup.path, "strategy": strategy, "database": db, "source_database": backup.metadata.get("database"),
+              "previous": None, "tables": {}, "warnings": list(backup.warnings)}
+    if renamed:
+        result["warnings"].append(renamed)
     props = backup.metadata.get("database_properties", {})
     result["backup"] = backup.describe()
     existing = existing_roles(tools)
@@ -894,11 +985,16 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
         result["globals"] = {"created": plan["created"], "kept": plan["kept"], "skipped_statements": plan["skipped"]}
     clean_leftovers(tools, db, result, check_mode)
     if check_mode:
-        result["msg"] = "would restore %s into %s (strategy %s)" % (backup.name, db, strategy)
+        result["sessions"] = other_sessions(tools, db) if live_exists else []
+        result["msg"] = "would restore %s into %s (strategy %s)%s" % (
+            backup.name, db, strategy, ", terminating %d session(s) on it" % len(result["sessions"]) if result["sessions"] else "")
         return result
     if plan:
         replay_globals(tools, plan)
+    server = server_identity(tools)
     if strategy == "drop":
+        journal.record("database_recreated", database=db, server=server)
+        result["sessions"] = other_sessions(tools, db, terminate=True) if live_exists else []
         if live_exists:
             drop_database(tools, db)
         create_database(tools, db, props, None)
@@ -913,6 +1009,7 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
         result["duration"] = round(time.time() - started, 3)
         return result
     temp = suffix_name(db, "restoring", when)
+    journal.record("temporary_database", database=temp, server=server)
     create_database(tools, temp, props, db)
     try:
         restore_archive(tools, backup.path, temp, jobs, identity_file)
@@ -927,9 +1024,10 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
         result["restore_duration"] = round(time.time() - started, 3)
         if live_exists:
             previous = suffix_name(db, "pre_restore", when)
-            swap(tools, db, temp, previous)
+            result["sessions"] = swap(tools, db, temp, previous, journal, server, keep_previous)
             result["previous"] = previous
         else:
+            result["sessions"] = []
             tools.psql(tools.maintenance_db, "ALTER DATABASE %s RENAME TO %s;" % (quote_ident(temp), quote_ident(db)),
                        what="renaming %s to %s" % (temp, db))
     except BaseException:
@@ -937,24 +1035,38 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
             drop_database(tools, temp)
         raise
     if result["previous"] and not keep_previous:
+        journal.record("previous_database", database=result["previous"], server=server)
         drop_database(tools, result["previous"])
         result["previous_dropped"] = True
     result["duration"] = round(time.time() - started, 3)
     return result
 
 
-def swap(tools, db, temp, previous):
-    """Rename live -> previous, temp -> live; undo the first rename if the second fails."""
+def swap(tools, db, temp, previous, journal, server, keep_previous=True):
+    """Close live to new clients, then one transaction: terminate its sessions, rename live -> previous, temp -> live.
+
+    Both renames commit together, so nobody ever finds the live name missing;
+    a killed run leaves at most the live database closed, which the journal's
+    ``database_closed`` step reopens.  Returns the sessions terminated.
+    """
     live_q, temp_q, prev_q = quote_ident(db), quote_ident(temp), quote_ident(previous)
+    journal.record("database_closed", database=db, server=server)
     tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS false;" % live_q, what="closing %s to new clients" % db)
+    terminated = {}
     try:
+        terminated.update((entry["pid"], entry) for entry in other_sessions(tools, db, terminate=True))
+        journal.record("database_swap", database=db, restored=temp, previous=previous, server=server,
+                       drop_previous=not keep_previous)
         last_error = None
         for _attempt in range(20):
             try:
-                tools.psql(tools.maintenance_db,
-                           "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid();\n"
-                           "ALTER DATABASE %s RENAME TO %s;" % (quote_literal(db), live_q, prev_q),
-                           what="renaming %s to %s" % (db, previous))
+                rows = tools.psql(tools.maintenance_db,
+                                  "BEGIN;\n%s\nALTER DATABASE %s RENAME TO %s;\nALTER DATABASE %s RENAME TO %s;\n"
+                                  "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true;\nCOMMIT;\n"
+                                  % (SESSIONS.format(terminate=", pg_terminate_backend(pid)", db=quote_literal(db)).strip(),
+                                     live_q, prev_q, temp_q, live_q, prev_q),
+                                  what="swapping %s into place as %s" % (temp, db))
+                terminated.update((s["pid"], s) for s in session_rows(rows))
                 break
             except BackupError as exc:
                 last_error = exc
@@ -967,19 +1079,13 @@ def swap(tools, db, temp, previous):
         with contextlib.suppress(BackupError):
             tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true;" % live_q)
         raise
-    try:
-        tools.psql(tools.maintenance_db, "ALTER DATABASE %s RENAME TO %s;" % (temp_q, live_q), what="renaming %s to %s" % (temp, db))
-    except BaseException:
-        with contextlib.suppress(BackupError):
-            tools.psql(tools.maintenance_db, "ALTER DATABASE %s RENAME TO %s;" % (prev_q, live_q))
-            tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true;" % live_q)
-        raise
-    tools.psql(tools.maintenance_db, "ALTER DATABASE %s WITH ALLOW_CONNECTIONS true;" % prev_q, what="reopening %s" % previous)
+    return [terminated[pid] for pid in sorted(terminated)]
 
 
 def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None, critical_tables=None, queries=None,
-           identity_file=None):
+           identity_file=None, journal=None):
     """Checksums, full restore into a scratch database (always dropped), row counts, properties, critical tables, queries."""
+    journal = journal or _journal.Job(None, "verify")
     started = time.time()
     backup = load_backup(src, dest, environment, identity_file)
     check_privileges(tools)
@@ -998,6 +1104,7 @@ def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None,
         result["leftovers_dropped"].append(scratch)
     problems = []
     checks = []
+    journal.record("temporary_database", database=scratch, server=server_identity(tools))
     create_database(tools, scratch, props, db)
     try:
         restore_archive(tools, backup.path, scratch, jobs, identity_file)

@@ -20,6 +20,8 @@ forwarded to the GNU tar that extracts it beside the data.
 """
 
 import contextlib
+import ctypes
+import errno
 import os
 import re
 import shutil
@@ -29,8 +31,9 @@ import tempfile
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
+from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
-from ansible_collections.minimarket.backup.plugins.module_utils._docker import containers_stopped
+from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine, containers_stopped, start_stopped
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import (
     READ,
     STREAM_BUFFER,
@@ -60,6 +63,8 @@ TAR_EXTRACT = [
     "--xattrs", "--xattrs-include=*", "--acls", "--sparse",
 ]
 WIPE_SCRIPT = 'set -e; for v in "$@"; do cd "/mm/$v"; rm -rf -- ..?* .[!.]* *; done'
+AT_FDCWD = -100
+RENAME_EXCHANGE = 2
 
 
 def check_volume_names(names):
@@ -254,7 +259,8 @@ def _unique_containers(users):
 
 
 def archive(engine, names, dest, environment, compression="gzip", mode="auto", stop_containers=False,
-            helper_image=DEFAULT_HELPER_IMAGE, check_mode=False, recipients=None):
+            helper_image=DEFAULT_HELPER_IMAGE, check_mode=False, recipients=None, journal=None):
+    journal = journal or _journal.Job(None, "archive")
     check_volume_names(names)
     if not names:
         raise BackupError("volumes is empty: list the volumes to archive")
@@ -289,7 +295,7 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
         sink = None
         try:
             sink = bs.CompressedSink(target.handle, compression, recipients)
-            with containers_stopped(engine, to_stop, stopped):
+            with containers_stopped(engine, to_stop, stopped, journal):
                 if mode == "host":
                     groups = [(os.path.dirname(os.path.dirname(host_mountpoint(info))), "%s/_data" % info["Name"]) for info in infos]
                     summaries, race = read_host(host_create_command(groups), sink, names)
@@ -366,7 +372,7 @@ def scan_archive(backup, allow_devices=False, contents=True):
 
 
 def verify(src, dest, environment, allow_devices=False, engine=None, mode="auto", helper_image=DEFAULT_HELPER_IMAGE,
-           identity_file=None):
+           identity_file=None, journal=None):
     """Checksum, member safety and content digests; with ``engine``, also a restore into scratch volumes.
 
     A host-mode scratch restore makes every check of the plain scan in the
@@ -377,11 +383,12 @@ def verify(src, dest, environment, allow_devices=False, engine=None, mode="auto"
     if engine is None:
         result["volumes"] = scan_archive(backup, allow_devices)
     else:
-        result["mode"], result["volumes"] = scratch_check(engine, backup, mode, helper_image, allow_devices)
+        result["mode"], result["volumes"] = scratch_check(engine, backup, journal or _journal.Job(None, "verify"), mode,
+                                                          helper_image, allow_devices)
     return result
 
 
-def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False, check=True):
+def _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devices=False, check=True):
     """Extract the chosen volumes into ``<volume dir>/<tag>/<name>``, decompressing the archive once.
 
     Python parses the stream, checks each member, then forwards its bytes to
@@ -392,7 +399,8 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False,
     back (names, types, modes, owners, mtimes, sizes, links, xattrs, ACLs: what
     a filesystem can drop silently; the bytes are vouched for by the digest and
     tar's exit status).
-    Returns ({name: staged directory}, report); ``staging_dirs`` collects what to remove.
+    Returns ({name: staged directory}, report); ``staging_dirs`` collects what to remove,
+    and each is journaled before it is made.
     """
     declared = [v["name"] for v in backup.metadata.get("volumes", [])]
     check_volume_names(declared)
@@ -405,6 +413,7 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices=False,
     with contextlib.ExitStack() as stack:
         for names in groups.values():
             staging = os.path.join(os.path.dirname(mountpoints[names[0]]), tag)
+            journal.record("staging_directory", path=staging)
             os.mkdir(staging, 0o700)
             staging_dirs.append(staging)
             proc = stack.enter_context(_popen(TAR_EXTRACT + ["-C", staging, "--"] + names, stdin=subprocess.PIPE))
@@ -467,37 +476,54 @@ def _compare(backup, summaries, hashed):
     return report
 
 
-def _host_restore(backup, records, infos, allow_devices=False, check=True):
-    """Extract the chosen volumes beside their data, check them, then swap directories.
+def exchange(first, second):
+    """Swap two directories in one step (renameat2 RENAME_EXCHANGE, Linux 3.15+): neither name is ever missing."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        renameat2 = libc.renameat2
+    except AttributeError:
+        raise BackupError("this C library has no renameat2 (glibc 2.28+ needed) to swap volume data atomically: use mode=api")
+    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.EINVAL, errno.ENOSYS):
+            raise BackupError("the filesystem of %s cannot swap directories atomically (RENAME_EXCHANGE: %s): the volumes were "
+                              "not changed; use mode=api" % (os.path.dirname(second), os.strerror(code)))
+        raise OSError(code, os.strerror(code), second)
 
-    Returns the replaced data directories: the caller deletes them once the
-    containers are running again, which keeps the downtime short.
+
+def _host_restore(backup, records, infos, journal, allow_devices=False, check=True):
+    """Extract the chosen volumes beside their data, check them, then exchange each staged tree with ``_data``.
+
+    Returns the staging directories, which hold the replaced data after the
+    exchange: the caller deletes them once the containers are running again,
+    which keeps the downtime short.  Every step is journaled first (see
+    ``repairers``): a killed run leaves each volume with its old data or, when
+    every exchange was done, all with the new data.
     """
     tag = ".mm-restore-%d" % os.getpid()
     mountpoints = dict((info["Name"], host_mountpoint(info)) for info in infos)
     staging_dirs = []
+    done = False
     try:
-        staged, unused = _stage(backup, records, mountpoints, tag, staging_dirs, allow_devices, check)
+        staged, unused = _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devices, check)
+        volumes = [{"name": record["name"], "mountpoint": mountpoints[record["name"]], "staged": staged[record["name"]],
+                    "inode": os.lstat(mountpoints[record["name"]]).st_ino} for record in records]
+        journal.record("volume_swap", volumes=volumes)
         swapped = []
         try:
-            for record in records:
-                mountpoint = mountpoints[record["name"]]
-                os.rename(mountpoint, mountpoint + tag)
-                try:
-                    os.rename(staged[record["name"]], mountpoint)
-                except OSError:
-                    os.rename(mountpoint + tag, mountpoint)
-                    raise
-                swapped.append(mountpoint)
+            for volume in volumes:
+                exchange(volume["staged"], volume["mountpoint"])
+                swapped.append(volume)
         except OSError as exc:
-            for mountpoint in swapped:
-                os.rename(mountpoint, staged[os.path.basename(os.path.dirname(mountpoint))])
-                os.rename(mountpoint + tag, mountpoint)
+            for volume in swapped:
+                exchange(volume["staged"], volume["mountpoint"])
             raise BackupError("swapping restored data into place failed (%s): the volumes were not changed" % exc)
-        return [mountpoint + tag for mountpoint in swapped]
+        done = True
+        return staging_dirs
     finally:
-        for staging in staging_dirs:
-            shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            for staging in staging_dirs:
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def _api_put(engine, backup, records, helper_image, mounts, wipe):
@@ -527,9 +553,10 @@ def _api_put(engine, backup, records, helper_image, mounts, wipe):
                               "or the engine changed something): use mode=host on the Docker host" % record["name"])
 
 
-def scratch_check(engine, backup, mode="auto", helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False):
+def scratch_check(engine, backup, journal, mode="auto", helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False):
     """Restore every volume of the archive into fresh scratch volumes, compare content digests, remove them.
 
+    Each scratch volume and staging directory is journaled before it is made.
     Returns (mode, per-volume report).
     """
     records = backup.metadata["volumes"]
@@ -537,13 +564,15 @@ def scratch_check(engine, backup, mode="auto", helper_image=DEFAULT_HELPER_IMAGE
     scratch = []
     try:
         for number, record in enumerate(records):
-            scratch.append(engine.create_volume("%s-%d" % (token, number), "local", None, {"minimarket.backup.scratch": "1"}))
+            name = "%s-%d" % (token, number)
+            journal.record("scratch_volume", name=name, docker_host=engine.docker_host)
+            scratch.append(engine.create_volume(name, "local", None, {"minimarket.backup.scratch": "1"}))
         mode = choose_mode(engine, scratch, mode)
         if mode == "host":
             staging_dirs = []
             mountpoints = dict((record["name"], host_mountpoint(info)) for record, info in zip(records, scratch))
             try:
-                unused, report = _stage(backup, records, mountpoints, ".mm-verify", staging_dirs, allow_devices)
+                unused, report = _stage(backup, records, mountpoints, ".mm-verify", staging_dirs, journal, allow_devices)
             finally:
                 for staging in staging_dirs:
                     shutil.rmtree(staging, ignore_errors=True)
@@ -558,7 +587,10 @@ def scratch_check(engine, backup, mode="auto", helper_image=DEFAULT_HELPER_IMAGE
 
 
 def restore(engine, src, dest, environment, names=None, mode="auto", stop_containers=False,
-            helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False, check_mode=False, check_restored=True, identity_file=None):
+            helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False, check_mode=False, check_restored=True, identity_file=None,
+            journal=None):
+    """``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
+    journal = journal or _journal.Job(None, "restore")
     # The key of an encrypted archive is proven here, before any container is stopped or volume touched.
     backup = bs.resolve_source(src, dest, KIND, environment, identity_file)
     available = [v["name"] for v in backup.metadata.get("volumes", [])]
@@ -598,6 +630,7 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
     try:
         for record in records:
             if existing[record["name"]] is None:
+                journal.record("volume_created", name=record["name"], docker_host=engine.docker_host)
                 existing[record["name"]] = engine.create_volume(
                     record["name"], record.get("driver"), record.get("driver_options"), record.get("labels"))
                 created.append(record["name"])
@@ -605,12 +638,13 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
         mode = choose_mode(engine, infos, mode)
         result["mode"] = mode
         started = time.time()
-        with containers_stopped(engine, to_stop, stopped):
+        with containers_stopped(engine, to_stop, stopped, journal):
             if mode == "host":
-                replaced = _host_restore(backup, records, infos, allow_devices, check_restored)
+                replaced = _host_restore(backup, records, infos, journal, allow_devices, check_restored)
             else:
                 if report is None:
                     scan_archive(backup, allow_devices, contents=False)
+                journal.record("api_restore", volumes=names)
                 _api_put(engine, backup, records, helper_image, [(name, name) for name in names], wipe=True)
     except BaseException:
         for name in created:
@@ -623,3 +657,79 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
         entry["duration"] = duration
     result["stopped_containers"] = stopped
     return result
+
+
+# ---------------------------------------------------------------- journal replay
+
+
+def _is_empty_dir(path):
+    with contextlib.suppress(FileNotFoundError):
+        return not os.listdir(path)
+    return False
+
+
+def _finish_or_undo_swap(step):
+    """All volumes exchanged: the restore is complete, keep it; some: exchange those back (each volume's old data returns)."""
+    volumes = step["volumes"]
+    swapped = [v for v in volumes if os.path.isdir(v["mountpoint"]) and os.lstat(v["mountpoint"]).st_ino != v["inode"]]
+    if len(swapped) == len(volumes):
+        return ["kept the restored data of volume(s) %s: every exchange of the interrupted restore was done"
+                % ", ".join(v["name"] for v in volumes)]
+    done = []
+    for volume in swapped:
+        if not os.path.isdir(volume["staged"]):
+            raise BackupError("the previous data of volume %s should be in %s but is not: the volume holds the restored data; "
+                              "restore the volumes again" % (volume["name"], volume["staged"]))
+        exchange(volume["staged"], volume["mountpoint"])
+        done.append("put the previous data of volume %s back (the interrupted restore had swapped only some volumes)" % volume["name"])
+    return done
+
+
+def _remove_staging(step):
+    if not os.path.lexists(step["path"]):
+        return []
+    shutil.rmtree(step["path"])
+    return ["removed staging directory %s" % step["path"]]
+
+
+def repairers():
+    """What a killed archive, restore or verify left, put back by the journal replay (see _journal).
+
+    Order comes from the journal (newest step first): volume data is settled
+    before the containers that use it start again.
+    """
+    engines = {}
+
+    def engine_for(step):
+        if step["docker_host"] not in engines:
+            engines[step["docker_host"]] = Engine(step["docker_host"])
+        return engines[step["docker_host"]]
+
+    def remove_scratch(step):
+        engine = engine_for(step)
+        if engine.volume(step["name"]) is None:
+            return []
+        engine.remove_volume(step["name"])
+        return ["removed scratch volume %s" % step["name"]]
+
+    def remove_created(step):
+        """A volume the restore created that never received data (the swap was undone or never happened)."""
+        engine = engine_for(step)
+        info = engine.volume(step["name"])
+        if info is None or not _is_empty_dir(info.get("Mountpoint") or ""):
+            return []
+        engine.remove_volume(step["name"])
+        return ["removed volume %s, created by the interrupted restore and left empty" % step["name"]]
+
+    def api_restore(step):
+        return ["volume(s) %s were being restored through the Engine API when the run was killed: their content may be "
+                "incomplete, restore them again" % ", ".join(step["volumes"])]
+
+    return {
+        "container_stopped": lambda step: start_stopped(engine_for(step), step),
+        "volume_created": remove_created,
+        "staging_directory": _remove_staging,
+        "volume_swap": _finish_or_undo_swap,
+        "scratch_volume": remove_scratch,
+        "api_restore": api_restore,
+    }

@@ -78,6 +78,12 @@ options:
     description:
       - Unix time of the run; defaults to now.
     type: float
+  repairs:
+    description:
+      - How many repairs the run made first from the intent journal of an interrupted run (the length of the
+        C(repaired) list of M(minimarket.backup.pg_split_dump) and M(minimarket.backup.docker_volume_archive)); sets
+        C(minimarket_backup_last_repairs).
+    type: int
 """
 
 EXAMPLES = r"""
@@ -135,6 +141,7 @@ def main():
             size=dict(type="int"),
             verified=dict(type="bool"),
             timestamp=dict(type="float"),
+            repairs=dict(type="int"),
         ),
         supports_check_mode=True,
     )
@@ -144,6 +151,7 @@ def main():
         before, after, samples, ignored = update_file(
             path, params["kind"], params["environment"], params["status"], timestamp=params["timestamp"],
             duration=params["duration"], size=params["size"], verified=params["verified"], write=not module.check_mode,
+            repairs=params["repairs"],
         )
     except BackupError as exc:
         module.fail_json(msg=str(exc))

@@ -27,6 +27,8 @@ description:
     (except C(security.capability)) and stores sparse files densely. Its
     restore empties the volume before writing, so a failure midway leaves it
     incomplete (the archive is fully checked before that).
+  - A host-mode restore swaps each volume's data directory with the checked copy in one step
+    (C(renameat2) with C(RENAME_EXCHANGE)), so C(_data) is never missing.
   - Restores check the archive sha256 and every member before writing anything
     and refuse absolute names, C(..), members outside the volume directories,
     hard links leaving their volume, writes through symlinks and device nodes.
@@ -129,6 +131,15 @@ options:
         their content digests with the metadata, then remove them. Skipped in check mode.
     type: bool
     default: false
+  journal_dir:
+    description:
+      - Directory of the intent journal, where each archive, restore and verify records what a killed run must undo or
+        finish (containers it stopped, volume data it swapped, scratch volumes, staging directories); one JSON file per
+        job, removed when the job ends. Every run first repairs what an interrupted run left there and reports it in
+        RV(repaired).
+      - Default is C(.journal) in the backup root, the parent of O(dest) (C(/var/backups/minimarket/.journal) for
+        O(dest=/var/backups/minimarket/volumes)); M(minimarket.backup.pg_split_dump) uses the same directory.
+    type: path
 notes:
   - Containers using a volume while it is archived without O(stop_containers) may leave an inconsistent archive;
     files that change or vanish while read are reported as warnings (and in the metadata).
@@ -259,6 +270,15 @@ recipients:
   type: list
   elements: str
   sample: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]
+repaired:
+  description:
+    - What this run repaired, first thing, from the intent journal of interrupted runs (see O(journal_dir)); one entry
+      per repair with the journal file, the job and what was done.
+  returned: when an interrupted run had left something to repair
+  type: list
+  elements: dict
+  sample: [{"journal": "docker_volume_archive-restore-20251008T031500Z-4242.json", "job": "docker_volume_archive restore",
+            "repair": "started container inventario-retail_grafana_1 that an interrupted run had stopped"}]
 msg:
   description: The archive that would be written.
   returned: state=archive in check mode
@@ -274,6 +294,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._docker import (
     HAS_DOCKER,
     Engine,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive as va
 
 
@@ -293,6 +314,7 @@ def main():
         allow_devices=dict(type="bool", default=False),
         check_restored=dict(type="bool", default=True),
         scratch_restore=dict(type="bool", default=False),
+        journal_dir=dict(type="path"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not HAS_DOCKER:
@@ -302,42 +324,61 @@ def main():
             exception=DOCKER_IMPORT_ERROR,
         )
     p = module.params
+    journal_dir = p["journal_dir"] or _journal.default_dir(p["dest"])
+    repaired = []
     try:
-        if p["state"] == "verify":
-            engine = Engine(p["docker_host"]) if p["scratch_restore"] and not module.check_mode else None
+        if module.check_mode:
+            warnings = ["not repairing in check mode: %s" % line for line in _journal.pending(journal_dir)]
+        else:
+            repaired, warnings = _journal.replay(journal_dir, va.repairers())
+        for warning in warnings:
+            module.warn(warning)
+        result = run(module, p, journal_dir)
+    except BackupError as exc:
+        module.fail_json(msg=str(exc), **(dict(repaired=repaired) if repaired else {}))
+    if repaired:
+        result["repaired"] = repaired
+        result["changed"] = True
+    module.exit_json(**result)
+
+
+def run(module, p, journal_dir):
+    if p["state"] == "verify":
+        engine = Engine(p["docker_host"]) if p["scratch_restore"] and not module.check_mode else None
+        with _journal.job(journal_dir if engine else None, "docker_volume_archive verify") as journal:
             result = va.verify(p["src"], p["dest"], p["environment"], p["allow_devices"], engine, p["mode"], p["helper_image"],
-                               p["age_identity_file"])
-            result["changed"] = False
-            for warning in result.pop("warnings"):
-                module.warn(warning)
-            module.exit_json(**result)
-        engine = Engine(p["docker_host"])
-        if p["state"] == "archive":
-            if not p["volumes"]:
-                module.fail_json(msg="state=archive needs volumes: list the volumes to archive")
+                               p["age_identity_file"], journal)
+        result["changed"] = False
+        for warning in result.pop("warnings"):
+            module.warn(warning)
+        return result
+    engine = Engine(p["docker_host"])
+    if p["state"] == "archive":
+        if not p["volumes"]:
+            raise BackupError("state=archive needs volumes: list the volumes to archive")
+        with _journal.job(None if module.check_mode else journal_dir, "docker_volume_archive archive") as journal:
             result = va.archive(
                 engine, p["volumes"], p["dest"], p["environment"], p["compression"], p["mode"],
-                p["stop_containers"], p["helper_image"], module.check_mode, p["age_recipients"],
+                p["stop_containers"], p["helper_image"], module.check_mode, p["age_recipients"], journal,
             )
-            for warning in result.pop("warnings"):
-                module.warn(warning)
-        else:
-            result = va.restore(
-                engine, p["src"], p["dest"], p["environment"], p["volumes"] or None, p["mode"],
-                p["stop_containers"], p["helper_image"], p["allow_devices"], module.check_mode, p["check_restored"],
-                p["age_identity_file"],
-            )
-            for warning in result.pop("warnings"):
-                module.warn(warning)
-            if module._diff:
-                result["diff"] = {
-                    "before": dict((v["name"], "exists" if v["action"] == "replaced" else "absent") for v in result["volumes"]),
-                    "after": dict((v["name"], "%d files, %d bytes from %s" % (v["files"], v["size"], result["archive"]))
-                                  for v in result["volumes"]),
-                }
-    except BackupError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+        for warning in result.pop("warnings"):
+            module.warn(warning)
+        return result
+    with _journal.job(None if module.check_mode else journal_dir, "docker_volume_archive restore") as journal:
+        result = va.restore(
+            engine, p["src"], p["dest"], p["environment"], p["volumes"] or None, p["mode"],
+            p["stop_containers"], p["helper_image"], p["allow_devices"], module.check_mode, p["check_restored"],
+            p["age_identity_file"], journal,
+        )
+    for warning in result.pop("warnings"):
+        module.warn(warning)
+    if module._diff:
+        result["diff"] = {
+            "before": dict((v["name"], "exists" if v["action"] == "replaced" else "absent") for v in result["volumes"]),
+            "after": dict((v["name"], "%d files, %d bytes from %s" % (v["files"], v["size"], result["archive"]))
+                          for v in result["volumes"]),
+        }
+    return result
 
 
 if __name__ == "__main__":

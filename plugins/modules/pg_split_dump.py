@@ -18,8 +18,14 @@ description:
   - O(state=restore) checks the archive (ours, sha256 equals the metadata) and the server before touching anything.
     With O(strategy=swap) it restores into a temporary database, loads table data in parallel before indexes,
     constraints and triggers exist, compares every table's row count and the object counts with the metadata, and only
-    then renames the live database to C(<db>_pre_restore_<timestamp>) and the restored one into place. Any failure before
-    the rename drops the temporary database and leaves the live one untouched.
+    then renames the live database to C(<db>_pre_restore_<timestamp>) and the restored one into place, both in one
+    transaction, so the live name is never missing. Any failure before the rename drops the temporary database and
+    leaves the live one untouched. RV(sessions) lists the sessions on the live database it terminated (in check mode,
+    would terminate).
+  - Every step a killed run would leave half done is first recorded in the intent journal (O(journal_dir)); every run
+    of this module or M(minimarket.backup.docker_volume_archive) first repairs what an interrupted run left (reopens
+    and renames back, drops temporary databases, restarts containers, puts volume data back) and returns it in
+    RV(repaired).
   - Database-level properties recorded by the dump (owner, connection limit, comment, C(GRANT ... ON DATABASE),
     C(ALTER DATABASE ... SET) and C(ALTER ROLE ... IN DATABASE ... SET)) are applied to the restored copy before the swap
     and compared with the metadata. When a role they name does not exist, restore and verify fail before touching
@@ -128,6 +134,21 @@ options:
       - With O(strategy=swap), keep the replaced database as C(<db>_pre_restore_<timestamp>); V(false) drops it.
     type: bool
     default: true
+  restore_as:
+    description:
+      - With O(state=restore), confirms restoring a dump taken from another database than O(db) under the name O(db);
+        it must equal O(db). Without it such a restore fails before touching anything, also in check mode, naming the
+        database the dump was taken from.
+    type: str
+  journal_dir:
+    description:
+      - Directory of the intent journal, where each restore and verify records what a killed run must undo or finish
+        (one JSON file per job, removed when the job ends). Every run first repairs what an interrupted run left
+        there and reports it in RV(repaired).
+      - Default is C(.journal) in the backup root, the parent of O(dest) (C(/var/backups/minimarket/.journal) for
+        O(dest=/var/backups/minimarket/database)), or of the directory of O(src). The volume module uses the
+        same directory, so either module repairs what the other left.
+    type: path
   scratch_db:
     description:
       - Name of the throwaway database for O(state=verify). It must not exist; it is always dropped afterwards.
@@ -211,6 +232,14 @@ EXAMPLES = r"""
     environment: production
     src: latest
     age_identity_file: /etc/minimarket-backup/age-identity.txt
+
+- name: Restore a dump of minimarket under another name, on purpose
+  minimarket.backup.pg_split_dump:
+    state: restore
+    db: minimarket_copia
+    restore_as: minimarket_copia
+    container: inventario-retail_postgres_1
+    src: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
 
 - name: Prove last night's backup can be restored
   minimarket.backup.pg_split_dump:
@@ -364,6 +393,27 @@ globals:
       description: Statements of C(globals.sql) not replayed (about existing roles, tablespaces, per-database settings).
       type: int
   sample: {"created": ["vendedor"], "kept": ["minimarket"], "skipped_statements": 4}
+source_database:
+  description: The database the dump was taken from (from its metadata); differs from RV(database) only with O(restore_as).
+  returned: state=restore
+  type: str
+  sample: minimarket
+sessions:
+  description:
+    - Sessions on the live database the restore terminated (in check mode, would terminate) before the swap or drop.
+  returned: state=restore
+  type: list
+  elements: dict
+  sample: [{"pid": 4242, "user": "minimarket", "application": "agente_negocio", "state": "idle in transaction"}]
+repaired:
+  description:
+    - What this run repaired, first thing, from the intent journal of interrupted runs (see O(journal_dir)); one entry per
+      repair with the journal file, the job and what was done.
+  returned: when an interrupted run had left something to repair
+  type: list
+  elements: dict
+  sample: [{"journal": "pg_split_dump-restore-20251008T031500Z-4242.json", "job": "pg_split_dump restore",
+            "repair": "reopened database minimarket to connections"}]
 scratch_db:
   description: The scratch database used (and dropped) by O(state=verify).
   returned: state=verify and not check mode
@@ -391,6 +441,8 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     encryption_argument_spec,
     metadata_path,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils import _journal
+from ansible_collections.minimarket.backup.plugins.module_utils._docker import HAS_DOCKER
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import (
     VerifyFailed,
     check_compression_level,
@@ -401,10 +453,12 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump i
     restore,
     verify,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import repairers as pg_repairers
+from ansible_collections.minimarket.backup.plugins.module_utils._volume_archive import repairers as volume_repairers
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import PgTools, postgres_common_argument_spec
 
 
-def run(module, tools):
+def run(module, tools, journal_dir):
     params = module.params
     state = params["state"]
     if state == "dump":
@@ -424,19 +478,32 @@ def run(module, tools):
         return dict(changed=True, **result)
     identity_file = params["age_identity_file"]
     if state == "restore":
-        result = restore(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
-                         strategy=params["strategy"], jobs=params["jobs"], keep_previous=params["keep_previous"],
-                         check_mode=module.check_mode, restore_globals=params["restore_globals"], identity_file=identity_file)
+        with _journal.job(None if module.check_mode else journal_dir, "pg_split_dump restore") as journal:
+            result = restore(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
+                             strategy=params["strategy"], jobs=params["jobs"], keep_previous=params["keep_previous"],
+                             check_mode=module.check_mode, restore_globals=params["restore_globals"], identity_file=identity_file,
+                             restore_as=params["restore_as"], journal=journal)
         return dict(changed=True, **result)
     if module.check_mode:
         backup = load_backup(params["src"], params["dest"], params["environment"], identity_file)
         return dict(changed=False, src=backup.path, backup=backup.describe(), warnings=backup.warnings,
                     msg="checksum of %s verified; contents not restored in check mode" % backup.name)
-    result = verify(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
-                    jobs=params["jobs"], scratch_db=params["scratch_db"], critical_tables=params["critical_tables"],
-                    queries=params["queries"], identity_file=identity_file)
+    with _journal.job(journal_dir, "pg_split_dump verify") as journal:
+        result = verify(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
+                        jobs=params["jobs"], scratch_db=params["scratch_db"], critical_tables=params["critical_tables"],
+                        queries=params["queries"], identity_file=identity_file, journal=journal)
     # The scratch database is gone again; only dropping a leftover of an earlier run changes anything.
     return dict(changed=bool(result["leftovers_dropped"]), **result)
+
+
+def repair(module, tools, journal_dir):
+    """First thing in every run: repair what an interrupted run of either module left (containers, volumes, databases)."""
+    repairers = pg_repairers(tools)
+    if HAS_DOCKER:
+        repairers.update(volume_repairers())
+    if module.check_mode:
+        return [], ["not repairing in check mode: %s" % w for w in _journal.pending(journal_dir)]
+    return _journal.replay(journal_dir, repairers)
 
 
 def main():
@@ -458,6 +525,8 @@ def main():
         scratch_db=dict(type="str"),
         critical_tables=dict(type="dict"),
         queries=dict(type="list", elements="str"),
+        restore_as=dict(type="str"),
+        journal_dir=dict(type="path"),
     )
     module = AnsibleModule(
         argument_spec=argument_spec,
@@ -473,14 +542,24 @@ def main():
     if module.params["jobs"] < 1:
         module.fail_json(msg="jobs is %d: set jobs to 1 or more" % module.params["jobs"])
     tools = PgTools(module.params, run_command=module.run_command)
+    journal_dir = module.params["journal_dir"] or _journal.default_dir(module.params["dest"], module.params["src"])
+    repaired = []
     try:
-        result = run(module, tools)
+        repaired, warnings = repair(module, tools, journal_dir)
+        for warning in warnings:
+            module.warn(warning)
+        result = run(module, tools, journal_dir)
     except VerifyFailed as exc:
         for warning in exc.result.pop("warnings", []):
             module.warn(warning)
+        if repaired:
+            exc.result["repaired"] = repaired
         module.fail_json(msg=str(exc), **exc.result)
     except BackupError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=str(exc), **(dict(repaired=repaired) if repaired else {}))
+    if repaired:
+        result["repaired"] = repaired
+        result["changed"] = True
     for warning in result.pop("warnings", []):
         module.warn(warning)
     module.exit_json(**result)

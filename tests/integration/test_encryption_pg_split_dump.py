@@ -118,8 +118,8 @@ def test_compressed_encrypted_round_trip_into_a_new_database(pg_server, seeded_d
     assert dumped["archive"].endswith({"gzip": ".tar.gz.age", "zstd": ".tar.zst.age"}[compression])
     target = unique("mm_cifrado")
     dropped_databases.append(target)
-    restored = run_module(conn_args(pg_server, state="restore", db=target, src=dumped["archive"], environment="cifrado",
-                                    age_identity_file=identity))
+    restored = run_module(conn_args(pg_server, state="restore", db=target, restore_as=target, src=dumped["archive"],
+                                    environment="cifrado", age_identity_file=identity))
     assert restored["_rc"] == 0, restored
     assert pgcompare.diff(before, pgcompare.snapshot(pg_server.dsn(target))) == []
 

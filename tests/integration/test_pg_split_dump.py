@@ -1,6 +1,7 @@
 """pg_split_dump against a real PostgreSQL 15 cluster (native mode), through the real module entry point."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -87,7 +88,8 @@ def test_torture_round_trip_into_new_database(pg_server, torture_db, backup_dir,
     assert meta["tables"]['almacén.señal ñ'] == 302 and meta["tables"]['public.raro."tabla*'] == 50
     target = unique("mm_torture_copy")
     dropped_databases.append(target)
-    restored = run_module(conn_args(pg_server, state="restore", db=target, src=result["archive"], environment="testing"))
+    restored = run_module(conn_args(pg_server, state="restore", db=target, restore_as=target, src=result["archive"],
+                                    environment="testing"))
     assert restored["_rc"] == 0, restored
     assert restored["previous"] is None
     assert pgcompare.diff(before, pgcompare.snapshot(pg_server.dsn(target))) == []
@@ -165,7 +167,8 @@ def test_consistent_under_concurrent_writes(pg_server, seeded_db, backup_dir, dr
     assert tables["public.w_a"] == tables["public.w_b"] > 0
     target = unique("mm_concurrent")
     dropped_databases.append(target)
-    restored = run_module(conn_args(pg_server, state="restore", db=target, src=result["archive"], environment="testing"))
+    restored = run_module(conn_args(pg_server, state="restore", db=target, restore_as=target, src=result["archive"],
+                                    environment="testing"))
     assert restored["_rc"] == 0, restored
     counts = pgcompare.row_counts(pg_server.dsn(target))
     assert counts["w_a"] == counts["w_b"] == tables["public.w_a"]
@@ -359,7 +362,9 @@ def test_restore_killed_midway_leaves_live_db_intact(pg_server, big_db, backup_d
     pg_server.execute("DELETE FROM grande WHERE id > 1000", big_db)
     before = pgcompare.snapshot(pg_server.dsn(big_db))
     oid = pg_server.execute("SELECT oid FROM pg_database WHERE datname = %s", params=(big_db,))
-    argv, args_path = module_argv(conn_args(pg_server, state="restore", db=big_db, src=result["archive"], environment="testing"))
+    journal_dir = os.path.join(backup_dir, ".journal")
+    argv, args_path = module_argv(conn_args(pg_server, state="restore", db=big_db, src=result["archive"], environment="testing",
+                                            journal_dir=journal_dir))
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=module_env(), start_new_session=True)
     try:
         with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as conn:
@@ -376,16 +381,29 @@ def test_restore_killed_midway_leaves_live_db_intact(pg_server, big_db, backup_d
     assert pgcompare.diff(before, pgcompare.snapshot(pg_server.dsn(big_db))) == []
     assert not [d for d in pg_server.databases() if "_pre_restore_" in d and d.startswith(big_db)]
 
-    # The next run reports and drops what the killed one left, but never a user's database that merely looks like it.
+    # The next run reports and drops what the killed one left, but never a user's database that merely looks like it:
+    # the journal names it; without the journal (an older version's leftover) its name and marker comment do.
     leftover = [d for d in pg_server.databases() if d.startswith(big_db + "_restoring_")]
     assert len(leftover) == 1
     decoy = big_db + "_restoring_20200101_000000"
     pg_server.create_database(decoy)
     dropped_databases.append(decoy)
-    planned = run_module(conn_args(pg_server, state="restore", db=big_db, src=result["archive"], environment="testing"), check_mode=True)
+    planned = run_module(conn_args(pg_server, state="restore", db=big_db, src=result["archive"], environment="testing",
+                                   journal_dir=journal_dir), check_mode=True)
     assert planned["_rc"] == 0 and planned["leftovers_dropped"] == leftover, planned
+    assert any(w["event"]["msg"].startswith("not repairing in check mode: journal %s/pg_split_dump-restore-" % journal_dir)
+               for w in planned["warnings"]), planned["warnings"]
     assert leftover[0] in pg_server.databases()
-    again = run_module(conn_args(pg_server, state="restore", db=big_db, src=result["archive"], environment="testing", keep_previous=False))
+    again = run_module(conn_args(pg_server, state="restore", db=big_db, src=result["archive"], environment="testing", keep_previous=False,
+                                 journal_dir=journal_dir))
+    assert again["_rc"] == 0 and again["leftovers_dropped"] == [], again
+    assert [entry["repair"] for entry in again["repaired"]] == ["dropped database %s" % leftover[0]]
+    shutil.rmtree(journal_dir)
+    pg_server.execute("CREATE DATABASE %s" % leftover[0])
+    pg_server.execute("COMMENT ON DATABASE %s IS 'minimarket.backup pg_split_dump: temporary copy of database %s, safe to drop'"
+                      % (leftover[0], big_db))
+    again = run_module(conn_args(pg_server, state="restore", db=big_db, src=result["archive"], environment="testing", keep_previous=False,
+                                 journal_dir=journal_dir))
     assert again["_rc"] == 0 and again["leftovers_dropped"] == leftover, again
     assert leftover[0] not in pg_server.databases() and decoy in pg_server.databases()
     assert pg_server.execute("SELECT count(*) FROM grande", big_db) == [(300000,)]

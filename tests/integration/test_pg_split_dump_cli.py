@@ -20,10 +20,11 @@ SCENARIOS = [
      {"archive", "metadata", "size", "sha256", "duration", "tables", "encrypted", "recipients"}),
     ("dump in check mode", dict(state="dump"), True, True, {"archive", "metadata", "msg", "encrypted", "recipients"}),
     ("restore in check mode", dict(state="restore", src="latest", restore_globals=True), True, True,
-     {"src", "backup", "database", "strategy", "previous", "tables", "leftovers_dropped", "globals", "msg"}),
+     {"src", "backup", "database", "source_database", "strategy", "previous", "tables", "leftovers_dropped", "globals",
+      "sessions", "msg"}),
     ("restore", dict(state="restore", src="latest", keep_previous=False, restore_globals=True), False, True,
-     {"src", "backup", "database", "strategy", "previous", "previous_dropped", "restore_duration", "duration", "tables",
-      "database_properties", "leftovers_dropped", "globals"}),
+     {"src", "backup", "database", "source_database", "strategy", "previous", "previous_dropped", "restore_duration",
+      "duration", "tables", "database_properties", "leftovers_dropped", "globals", "sessions", "repaired"}),
     ("verify in check mode", dict(state="verify", src="latest"), True, False, {"src", "backup", "msg"}),
     ("verify", dict(state="verify", src="latest", critical_tables={"productos": 1}), False, False,
      {"src", "leftovers_dropped", "database_properties", "scratch_db", "tables", "checks", "problems", "duration"}),
@@ -40,6 +41,18 @@ def ansible_json(args, check_mode):
     return json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
 
+def dead_run_journal(pg_server, directory, temporary):
+    """What a restore killed after creating its temporary database leaves: the database and its journal, unlocked."""
+    pg_server.create_database(temporary)
+    os.makedirs(directory)
+    name = os.path.join(directory, "pg_split_dump-restore-20250101T000000Z-1")
+    step = {"step": "temporary_database", "database": temporary,
+            "server": {"host": pg_server.host, "port": str(pg_server.port), "container": None}}
+    with open(name + ".json", "w") as handle:
+        json.dump({"job": "pg_split_dump restore", "steps": [step]}, handle)
+    open(name + ".lock", "w").close()
+
+
 def test_scenarios_cover_every_documented_key():
     assert set().union(*(keys for *_rest, keys in SCENARIOS)) == set(RETURN)
 
@@ -47,9 +60,11 @@ def test_scenarios_cover_every_documented_key():
 @pytest.mark.parametrize("scenario", [s[0] for s in SCENARIOS])
 def test_documented_return_keys(pg_server, seeded_db, backup_dir, dropped_databases, scenario):
     del dropped_databases
-    base = conn_args(pg_server, db=seeded_db, dest=backup_dir, environment="cli")
+    base = conn_args(pg_server, db=seeded_db, dest=backup_dir, environment="cli", journal_dir=os.path.join(backup_dir, ".journal"))
     if scenario != "dump":
         ansible_json(dict(base, state="dump", include_globals=True), False)
+    if scenario == "restore":
+        dead_run_journal(pg_server, base["journal_dir"], seeded_db + "_restoring_20250101_000000")
     _name, extra, check_mode, changed, expected = [s for s in SCENARIOS if s[0] == scenario][0]
     result = ansible_json(dict(base, **extra), check_mode)
     assert result["changed"] is changed, result

@@ -113,12 +113,13 @@ def test_missing_role_fails_before_touching_anything(pg_server, fancy_db, backup
     target = unique("mm_props_copy")
     databases = pg_server.databases()
     for state in ("restore", "verify"):
-        refused = run_module(conn_args(pg_server, state=state, db=target, src=result["archive"], environment="testing"))
+        extra = dict(restore_as=target) if state == "restore" else {}
+        refused = run_module(conn_args(pg_server, state=state, db=target, src=result["archive"], environment="testing", **extra))
         assert refused["_rc"] == 1, refused
         assert writer in refused["msg"] and "do not exist" in refused["msg"] and "restore_globals: true" in refused["msg"]
         assert "\n" not in refused["msg"]
         assert pg_server.databases() == databases
-    no_globals = restore(pg_server, target, result["archive"], restore_globals=True)
+    no_globals = restore(pg_server, target, result["archive"], restore_globals=True, restore_as=target)
     assert no_globals["_rc"] == 1 and "has no globals.sql" in no_globals["msg"] and pg_server.databases() == databases
 
 

@@ -117,3 +117,17 @@ def test_missing_directory_names_the_fix_but_check_mode_only_predicts(tmp_path):
     before, after, samples, _ignored = update_file(path, "database", "production", "success", timestamp=T0, write=False)
     assert before == "" and samples["last_success_timestamp_seconds"] == T0 and str(T0) in after
     assert os.listdir(str(tmp_path)) == []
+
+
+def test_repairs_of_an_interrupted_run_are_recorded(tmp_path):
+    path = str(tmp_path / file_name("production"))
+    update_file(path, "volumes", "production", "success", timestamp=T0, repairs=3)
+    update_file(path, "volumes", "production", "success", timestamp=T0 + 1, repairs=0)
+    update_file(path, "database", "production", "success", timestamp=T0 + 2)
+    series = read(path)
+    assert series[("volumes", "production")]["last_repairs"] == 0
+    assert "last_repairs" not in series[("database", "production")]
+    promtool_check(path)
+    assert '# HELP minimarket_backup_last_repairs Repairs the last run made first' in open(path).read()
+    with pytest.raises(BackupError, match="repairs must not be negative"):
+        update_file(path, "volumes", "production", "success", repairs=-1)
