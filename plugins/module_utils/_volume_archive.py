@@ -286,7 +286,7 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
         sink = None
         try:
             mountpoints = dict((info["Name"], host_mountpoint(info)) for info in infos) if mode == "host" else None
-            with vc.prepared(engine, infos, mountpoints, modes, users, dest, warnings) as prepared:
+            with vc.prepared(engine, infos, mountpoints, modes, users, dest, environment, warnings) as prepared:
                 to_stop = _stop_list(users, dict((n, v.mode) for n, v in prepared.items()), stop_containers, warnings)
                 sink = bs.CompressedSink(target.handle, compression, recipients)
                 with containers_stopped(engine, to_stop, stopped):

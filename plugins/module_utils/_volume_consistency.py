@@ -14,17 +14,20 @@
   volume) and the live ``-wal``/``-shm`` are left out.
 
 A service that cannot be asked (admin API off, not reachable, several
-containers) falls back to ``stop`` with a warning.  The metadata records per
+containers) falls back to ``stop`` with a warning.  Every step that must be
+undone (a snapshot or copy to delete, AOF rewrites to resume) is written to a
+journal in the backup directory before it is taken, so the next run undoes
+what a killed one left.  The metadata records per
 volume how it was made consistent and what a restore must show (canary, key
 count, series, table counts), which the service checks compare against.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import sqlite3
-import tempfile
 import time
 import uuid
 
@@ -40,6 +43,58 @@ WAIT_SECONDS = 300
 SNAPSHOT_NAME_RE = re.compile(r"^[0-9A-Za-z-]+$")
 # Binds each copy over its live file in a private mount namespace, then runs tar there.
 BIND_SCRIPT = 'set -e; while [ "$1" != -- ]; do mount --bind "$1" "$2"; shift 2; done; shift; exec "$@"'
+
+
+class Journal(object):
+    """Undo steps of the running archive, on disk (``.volumes_<env>.online.json``) while they are pending."""
+
+    def __init__(self, directory, environment):
+        self.path = os.path.join(directory, ".volumes_%s.online.json" % environment)
+        self.steps = []
+
+    def add(self, step):
+        self.steps.append(step)
+        partial = self.path + ".partial"
+        with open(partial, "w") as handle:
+            json.dump(self.steps, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(partial, self.path)
+
+    def clear(self):
+        self.steps = []
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+def undo(engine, step):
+    """Take back one step: delete a snapshot or copy, or set a Redis setting back."""
+    if step["kind"] == "remove":
+        shutil.rmtree(step["path"], ignore_errors=True)
+        return
+    try:
+        info = engine.api.inspect_container(step["container"])
+    except Exception:
+        return  # the container is gone; its setting went with it
+    address = sv.container_address(info)
+    if info["State"].get("Running") and address:
+        with sv.redis(address, REDIS_PORT) as client:
+            client.command("CONFIG", "SET", step["key"], step["value"])
+
+
+def repair(engine, directory, environment):
+    """Undo what a killed run left (read from its journal); returns a warning, or None when nothing was left."""
+    journal = Journal(directory, environment)
+    try:
+        with open(journal.path) as handle:
+            steps = json.load(handle)
+    except (IOError, OSError, ValueError):
+        return None
+    for step in reversed(steps):
+        undo(engine, step)
+    journal.clear()
+    return "undid the online backup steps of an earlier run that did not finish: %s" % "; ".join(
+        step.get("path") or "%s %s %s" % (step["container"][:12], step["key"], step["value"]) for step in steps)
 
 
 class Fallback(Exception):
@@ -80,8 +135,14 @@ class Volume(object):
         self.excludes = []
         self.binds = []
         self.quiet_prefixes = []
-        self.cleanups = []
+        self.steps = []
+        self.journal = None
         self.finish = None
+
+    def undoable(self, step):
+        """Record an undo step (journal first) before the action it undoes is taken."""
+        self.journal.add(step)
+        self.steps.append(step)
 
     def exclude(self, relpath, wildcard=False):
         self.excludes.append("%s/%s" % (self.member, relpath if wildcard else _glob_escape(relpath)))
@@ -132,8 +193,8 @@ def _redis(engine, volume, users):
               "Redis in %s finishing a running save or AOF rewrite" % container)
         if appendonly:
             rewrite = client.command("CONFIG", "GET", "auto-aof-rewrite-percentage")[1]
+            volume.undoable({"kind": "redis", "container": info["Id"], "key": "auto-aof-rewrite-percentage", "value": rewrite})
             client.command("CONFIG", "SET", "auto-aof-rewrite-percentage", "0")
-            volume.cleanups.append(lambda: _redis_set(address, "auto-aof-rewrite-percentage", rewrite))
         canary = "%s %s" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), uuid.uuid4().hex)
         client.command("SET", CANARY_KEY, canary)
         keys = client.command("DBSIZE")
@@ -180,11 +241,6 @@ def _saved(client, before):
     return None
 
 
-def _redis_set(address, key, value):
-    with sv.redis(address, REDIS_PORT) as client:
-        client.command("CONFIG", "SET", key, value)
-
-
 def _prometheus(engine, volume, users):
     info = _one_container(engine, users, volume.name, "prometheus")
     if info is None:
@@ -209,7 +265,7 @@ def _prometheus(engine, volume, users):
         raise Fallback("the admin API of Prometheus in %s is off or failed (HTTP %s: %s); start Prometheus with "
                        "--web.enable-admin-api for online backups" % (container, status, (answer or {}).get("error", "no answer")))
     snapshot = os.path.join(volume.mountpoint, "snapshots", name)
-    volume.cleanups.append(lambda: shutil.rmtree(snapshot, ignore_errors=True))
+    volume.undoable({"kind": "remove", "path": snapshot})
     if not os.path.isdir(snapshot):
         raise BackupError("Prometheus in %s reported snapshot %s but %s does not exist" % (container, name, snapshot))
     volume.parent = os.path.dirname(snapshot)
@@ -229,8 +285,9 @@ def _sqlite(volume, workdir):
                 databases.append(path)
     if not databases:
         raise Fallback("volume %s holds no SQLite database" % volume.name)
-    copies = tempfile.mkdtemp(prefix=".mm-sqlite-", dir=workdir)
-    volume.cleanups.append(lambda: shutil.rmtree(copies, ignore_errors=True))
+    copies = os.path.join(workdir, ".mm-sqlite-%s" % uuid.uuid4().hex[:12])
+    volume.undoable({"kind": "remove", "path": copies})
+    os.mkdir(copies, 0o700)
     records = []
     for number, path in enumerate(databases):
         relpath = os.path.relpath(path, volume.mountpoint)
@@ -261,18 +318,25 @@ def _sqlite(volume, workdir):
 
 
 @contextlib.contextmanager
-def prepared(engine, infos, mountpoints, modes, users, workdir, warnings):
+def prepared(engine, infos, mountpoints, modes, users, workdir, environment, warnings):
     """Make each online volume consistent while its service runs; yields {name: Volume}; always undoes what it did.
 
-    ``mountpoints`` is None in API mode, where online modes fall back to ``stop``.
-    A volume that falls back has ``mode == "stop"`` and a warning in ``warnings``.
+    Call it under the backup lock of ``workdir`` (the backup directory): it
+    first undoes what a killed run left.  ``mountpoints`` is None in API mode,
+    where online modes fall back to ``stop``.  A volume that falls back has
+    ``mode == "stop"`` and a warning in ``warnings``.
     """
+    left = repair(engine, workdir, environment)
+    if left:
+        warnings.append(left)
+    journal = Journal(workdir, environment)
     volumes = {}
     try:
         for info in infos:
             name = info["Name"]
             mountpoint = (mountpoints or {}).get(name)
             volume = volumes[name] = Volume(info, mountpoint or "/%s/_data" % name, modes[name])
+            volume.journal = journal
             if volume.mode == "stop":
                 continue
             try:
@@ -285,8 +349,9 @@ def prepared(engine, infos, mountpoints, modes, users, workdir, warnings):
                 else:
                     _sqlite(volume, workdir)
             except (Fallback, sv.ServiceError) as exc:
-                for cleanup in reversed(volume.cleanups):
-                    cleanup()
+                for step in reversed(volume.steps):
+                    undo(engine, step)
+                volume.steps = []
                 volumes[name] = Volume(info, volume.mountpoint, "stop")
                 volumes[name].record["fallback"] = "%s: %s" % (volume.mode, exc)
                 warnings.append("volume %s: %s; archived in stop mode instead (its containers stopped)" % (name, exc))
@@ -294,13 +359,15 @@ def prepared(engine, infos, mountpoints, modes, users, workdir, warnings):
     finally:
         problems = []
         for volume in volumes.values():
-            for cleanup in reversed(volume.cleanups):
+            for step in reversed(volume.steps):
                 try:
-                    cleanup()
+                    undo(engine, step)
                 except Exception as exc:
                     problems.append("%s (%s)" % (volume.name, exc))
         if problems:
-            raise BackupError("could not undo the online backup steps for %s: check those services" % ", ".join(problems))
+            raise BackupError("could not undo the online backup steps for %s (the next backup retries): check those services"
+                              % ", ".join(problems))
+        journal.clear()
 
 
 def finish(volumes):

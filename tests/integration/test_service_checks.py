@@ -193,3 +193,40 @@ def test_admin_api_off_falls_back_to_stop_with_a_warning(offline_project):
         assert metadata["warnings"] == result["warnings"]
     finally:
         docker("rm", "-f", name, check=False)
+
+
+def test_the_next_run_undoes_what_a_killed_online_backup_left(offline_project):
+    project, volume, dest = offline_project
+    engine = Engine()
+    redis = volume("redis-data")
+    name = "%s_redis_1" % project
+    docker("run", "-d", "--name", name, "-u", "999:999", "-v", "%s:/data" % redis, SERVICES_IMAGE,
+           "redis-server", "--dir", "/data", "--appendonly", "yes", "--bind", "0.0.0.0", "--protected-mode", "no")
+    try:
+        for unused in range(50):
+            if docker("exec", name, "redis-cli", "ping", check=False) == "PONG":
+                break
+            time.sleep(0.2)
+        # A run killed after pausing AOF rewrites, taking a snapshot and copying a database: its journal is all that is left.
+        docker("exec", name, "redis-cli", "config", "set", "auto-aof-rewrite-percentage", "0")
+        mountpoint = docker("volume", "inspect", "-f", "{{.Mountpoint}}", redis)
+        snapshot = os.path.join(mountpoint, "snapshots", "20261202T000000Z-0123456789abcdef")
+        copies = os.path.join(dest, ".mm-sqlite-0123456789ab")
+        os.makedirs(snapshot)
+        os.makedirs(copies)
+        container_id = docker("inspect", "-f", "{{.Id}}", name)
+        steps = [{"kind": "remove", "path": copies}, {"kind": "redis", "container": container_id,
+                                                      "key": "auto-aof-rewrite-percentage", "value": "100"},
+                 {"kind": "remove", "path": snapshot}]
+        with open(os.path.join(dest, ".volumes_development.online.json"), "w") as handle:
+            json.dump(steps, handle)
+        result = va.archive(engine, [redis], dest, "development", consistency={redis: "redis"})
+        assert result["warnings"] == ["undid the online backup steps of an earlier run that did not finish: %s; %s "
+                                      "auto-aof-rewrite-percentage 100; %s" % (copies, container_id[:12], snapshot)]
+        assert not os.path.exists(snapshot) and not os.path.exists(copies)
+        assert not os.path.exists(os.path.join(dest, ".volumes_development.online.json"))
+        assert docker("exec", name, "redis-cli", "config", "get", "auto-aof-rewrite-percentage").split()[1] == "100"
+        assert result["volumes"][0]["consistency"]["mode"] == "redis"
+        assert docker("exec", name, "redis-cli", "get", "minimarket:backup:canary") == result["volumes"][0]["consistency"]["canary"]
+    finally:
+        docker("rm", "-f", name, check=False)
