@@ -36,7 +36,7 @@ run "${PLAY[@]}" playbooks/backup_volumes.yml
 echo "demo:   $(last '"msg": "wrote ')"
 step "3/8 weekly verification (playbooks/verify_backups.yml): services started on the restored volumes and asked"
 run "${PLAY[@]}" playbooks/verify_backups.yml -e backup_verify_database=false
-report=$(ls -t /var/backups/minimarket-dev/reports/verify_development_*.json | head -n 1)
+report=$(find /var/backups/minimarket-dev/reports -name 'verify_development_*.json' | sort | tail -n 1)
 "$REPO/.venv/bin/python" -c '
 import json, sys
 report = json.load(open(sys.argv[1]))

@@ -72,8 +72,8 @@ reset_standin_volumes() {
     vol="${MINIMARKET_PROJECT}_$key"
     docker volume inspect "$vol" >/dev/null 2>&1 || continue
     docker run --rm -v "$vol:/v:ro" minimarket/busybox:latest test -e /v/.minimarket-initialised || continue
-    for key in redis-data prometheus-data grafana-data; do
-      vol="${MINIMARKET_PROJECT}_$key"
+    for stale in redis-data prometheus-data grafana-data; do
+      vol="${MINIMARKET_PROJECT}_$stale"
       docker volume inspect "$vol" >/dev/null 2>&1 || continue
       docker run --rm -v "$vol:/v" minimarket/busybox:latest sh -c 'cd /v && rm -rf -- ..?* .[!.]* *'
       say "volume $vol: held the old busybox stand-in's files; emptied for the real service"

@@ -198,8 +198,8 @@ def ask(engine, project, specs, records, created, timeout, exact):
         result = {"service": spec["service"], "kind": spec["kind"], "ok": False, "checks": []}
         results.append(result)
         try:
-            found = engine.api.containers(all=True, filters={"label": ["%s=%s" % (sv.PROJECT_LABEL, project),
-                                                                      "%s=%s" % (sv.SERVICE_LABEL, spec["service"])]})
+            labels = ["%s=%s" % (sv.PROJECT_LABEL, project), "%s=%s" % (sv.SERVICE_LABEL, spec["service"])]
+            found = engine.api.containers(all=True, filters={"label": labels})
             if not found:
                 raise BackupError("no container of service %s in project %s" % (spec["service"], project))
             target = Target(engine, found[0]["Id"], records)

@@ -30,9 +30,11 @@ requirements:
 attributes:
   check_mode:
     support: partial
-    description: V(live) asks the services (it changes nothing); V(scratch) only checks its arguments.
+    details: V(live) asks the services as usual (it changes nothing); V(scratch) only checks its arguments and starts nothing.
+    description: Nothing is started or changed in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is no diff.
   idempotent:
     support: full
     description: Nothing of the live stack is changed.

@@ -384,8 +384,11 @@ def test_stack_runs_real_redis_prometheus_and_a_busy_sqlite_grafana(compose_stac
     persistence = _docker("exec", redis, "redis-cli", "config", "get", "appendonly").stdout.split()
     assert persistence == ["appendonly", "yes"]
     # agente_negocio writes a sale every second
-    first = int(_wait_for("a sale in Redis", lambda: _docker("exec", redis, "redis-cli", "get", "ventas:contador").stdout.strip()))
-    _wait_for("more sales", lambda: int(_docker("exec", redis, "redis-cli", "get", "ventas:contador").stdout) > first)
+
+    def sales():
+        return int(_docker("exec", redis, "redis-cli", "get", "ventas:contador").stdout.strip() or 0)
+    first = _wait_for("a sale in Redis", sales)
+    _wait_for("more sales", lambda: sales() > first)
     # Prometheus scrapes itself and the three applications (busybox httpd /metrics)
     query = 'count(up{job="minimarket_apps"} == 1) + count(up{job="prometheus"} == 1)'
     script = ("import json, urllib.request, urllib.parse, sys; "
