@@ -89,17 +89,16 @@ class Target(object):
         return address
 
     def record(self, path=None):
-        """The archived record of the volume holding ``path`` (default: the only volume), or None."""
+        """(archived record or None, mount) of the volume holding ``path`` (default: the first volume), or (None, None)."""
         for mount in self.info.get("Mounts") or []:
             if mount.get("Type") != "volume":
                 continue
-            record = self.records.get(mount.get("Name"))
-            if record and (path is None or path == mount["Destination"] or path.startswith(mount["Destination"].rstrip("/") + "/")):
-                return record, mount
+            if path is None or path == mount["Destination"] or path.startswith(mount["Destination"].rstrip("/") + "/"):
+                return self.records.get(mount.get("Name")), mount
         return None, None
 
 
-def _redis(target, spec, deadline, exact):
+def _redis(target, spec, deadline, exact, created):
     address = _wait(deadline, target.refresh)
     record = (target.record()[0] or {}).get("consistency") or {}
     canary_key = record.get("canary_key")
@@ -119,7 +118,8 @@ def _redis(target, spec, deadline, exact):
             raise BackupError("canary key %s is %r, the backup wrote %r" % (canary_key, canary, record["canary"]))
         checks.append("canary %s as written before the backup (%d keys then)" % (canary_key, record["keys"]))
     else:
-        checks.append("no canary to compare (volume archived in %s mode)" % record.get("mode", "stop"))
+        checks.append("no canary to compare (%s)" % ("volume archived in %s mode" % record["mode"] if record
+                                                     else "no volume archive given"))
     return checks
 
 
@@ -133,6 +133,8 @@ def _prometheus(target, spec, deadline, exact, created):
     address = _wait(deadline, ready)
     record = (target.record()[0] or {}).get("consistency") or {}
     query, at = record.get("query", "up"), record.get("time", created)
+    when = "now" if at is None else "at backup time"
+    at = time.time() if at is None else at
     status, answer = sv.http_json("GET", "http://%s:%d/api/v1/query" % (address, spec["port"]), {"query": query, "time": "%.3f" % at})
     found = [item["metric"] for item in ((answer or {}).get("data") or {}).get("result", [])]
     if status != 200:
@@ -145,12 +147,12 @@ def _prometheus(target, spec, deadline, exact, created):
                               % (len(missing), len(expected), query, json.dumps(missing[0], sort_keys=True)))
         return ["ready", "%s at backup time returns the %d series recorded then" % (query, len(expected))]
     if not found:
-        raise BackupError("%s at backup time (%s) returns no series: the TSDB holds no data from then"
-                          % (query, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))))
-    return ["ready", "%s at backup time returns %d series" % (query, len(found))]
+        raise BackupError("%s %s (%s) returns no series: the TSDB holds no data from then"
+                          % (query, when, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))))
+    return ["ready", "%s %s returns %d series" % (query, when, len(found))]
 
 
-def _sqlite(target, spec, deadline, exact):
+def _sqlite(target, spec, deadline, exact, created):
     _wait(deadline, target.refresh)
     record, mount = target.record(spec["database"])
     path = sv.volume_path(target.info, mount["Name"], spec["database"]) if mount else None
@@ -180,7 +182,7 @@ def _sqlite(target, spec, deadline, exact):
     return checks
 
 
-def _http(target, spec, deadline, exact):
+def _http(target, spec, deadline, exact, created):
     def ok():
         address = target.refresh()
         status, unused = sv.http("GET", "http://%s:%d%s" % (address, spec["port"], spec["path"]))
@@ -189,6 +191,11 @@ def _http(target, spec, deadline, exact):
         return status
     _wait(deadline, ok)
     return ["%s answered HTTP 200" % spec["path"]]
+
+
+# Each asks one service; ``exact``: restored volumes must equal the backup (live ones may have grown);
+# ``created``: the archive's time, for archives without recorded expectations (None: no archive, ask about now).
+CHECKERS = {"redis": _redis, "prometheus": _prometheus, "sqlite": _sqlite, "http": _http}
 
 
 def ask(engine, project, specs, records, created, timeout, exact):
@@ -204,10 +211,7 @@ def ask(engine, project, specs, records, created, timeout, exact):
                 raise BackupError("no container of service %s in project %s" % (spec["service"], project))
             target = Target(engine, found[0]["Id"], records)
             deadline = time.time() + timeout
-            if spec["kind"] == "prometheus":
-                result["checks"] = _prometheus(target, spec, deadline, exact, created)
-            else:
-                result["checks"] = {"redis": _redis, "sqlite": _sqlite, "http": _http}[spec["kind"]](target, spec, deadline, exact)
+            result["checks"] = CHECKERS[spec["kind"]](target, spec, deadline, exact, created)
             result["ok"] = True
         except sv.ServiceError as exc:
             result["msg"] = "%s did not become ready within %d s (%s)" % (spec["service"], timeout, exc)
@@ -221,7 +225,7 @@ def ask(engine, project, specs, records, created, timeout, exact):
 def live(engine, project, checks, src=None, dest=None, environment=None, timeout=120):
     """Ask the running stack; expected values from the archive it was recovered from (``src``), when given."""
     specs = check_specs(checks)
-    records, created = {}, time.time()
+    records, created = {}, None
     if src:
         metadata = bs.read_metadata(bs.metadata_path(_archive_path(src, dest, environment)))
         records = dict((record["name"], record) for record in metadata.get("volumes", []))
