@@ -39,7 +39,7 @@ author:
 requirements:
   - Docker SDK for Python (C(docker)) on the target.
   - GNU tar, and C(pigz)/C(gzip) or C(zstd) for compressed archives.
-  - For O(consistency=sqlite), C(unshare) and C(mount) (util-linux) and Python's C(sqlite3) module.
+  - For the V(sqlite) mode of O(consistency), C(unshare) and C(mount) (util-linux) and Python's C(sqlite3) module.
 extends_documentation_fragment:
   - minimarket.backup.encryption
 attributes:
