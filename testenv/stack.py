@@ -23,6 +23,7 @@ NAME_SEPARATORS = {"v1": "_", "v2": "-"}
 PROJECT = "inventario-retail"
 PG_IMAGE = "minimarket/postgres:15"
 BUSYBOX_IMAGE = "minimarket/busybox:latest"
+SERVICES_IMAGE = "minimarket/services:bookworm"
 SERVICES = ("postgres", "redis", "grafana", "prometheus", "loki", "agente_deposito", "agente_negocio", "dashboard")
 APP_SERVICES = ("agente_deposito", "agente_negocio", "dashboard")
 VOLUMES = ("postgres-data", "grafana-data", "prometheus-data", "loki-data", "redis-data")

@@ -65,6 +65,24 @@ do_seed() {
     | sed 's/^/stack.sh: seed: /'
 }
 
+# Before Redis and Prometheus were real, busybox stand-ins wrote fake files (with .minimarket-initialised)
+# into these volumes; the real programs cannot load them, so a stack from that time starts them empty.
+reset_standin_volumes() {
+  local key vol
+  for key in redis-data prometheus-data; do
+    vol="${MINIMARKET_PROJECT}_$key"
+    docker volume inspect "$vol" >/dev/null 2>&1 || continue
+    docker run --rm -v "$vol:/v:ro" minimarket/busybox:latest test -e /v/.minimarket-initialised || continue
+    for stale in redis-data prometheus-data grafana-data; do
+      vol="${MINIMARKET_PROJECT}_$stale"
+      docker volume inspect "$vol" >/dev/null 2>&1 || continue
+      docker run --rm -v "$vol:/v" minimarket/busybox:latest sh -c 'cd /v && rm -rf -- ..?* .[!.]* *'
+      say "volume $vol: held the old busybox stand-in's files; emptied for the real service"
+    done
+    return 0
+  done
+}
+
 check_port_free() {
   local port=${MINIMARKET_PG_PORT:-55432}
   [ "$(docker inspect -f '{{.State.Running}}' "$PG_CONTAINER" 2>/dev/null)" = true ] && return 0
@@ -79,6 +97,7 @@ case "$cmd" in
   up)
     "$HERE/images/build.sh" | sed 's/^build.sh: /stack.sh: images: /'
     check_port_free
+    reset_standin_volumes
     before=$(project_containers)
     if ! compose up -d --remove-orphans 2>&1 | sed 's/^/stack.sh: compose: /'; then
       docker logs --tail 5 "$PG_CONTAINER" 2>&1 | sed 's/^/stack.sh: postgres log: /' >&2 || true

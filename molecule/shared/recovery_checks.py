@@ -25,6 +25,19 @@ def running_services(host):
     return sorted(line.split()[0] for line in result.stdout.splitlines() if line.split()[1] == "running")
 
 
+def newest_volume_metadata(host):
+    """The metadata of the newest volume archive of the development environment."""
+    result = host.run("ls /var/backups/minimarket-dev/volumes/ | grep '_metadata.json$' | sort | tail -n 1")
+    assert result.rc == 0 and result.stdout.strip(), result.stderr
+    return json.loads(host.file("/var/backups/minimarket-dev/volumes/" + result.stdout.strip()).content_string)
+
+
+def container_exec(host, service, *argv):
+    result = host.run("docker exec %s_%s_1 " % (PROJECT, service) + " ".join("'%s'" % a.replace("'", "'\\''") for a in argv))
+    assert result.rc == 0, result.stderr
+    return result.stdout.strip()
+
+
 def psql(host, sql, db="minimarket"):
     result = host.run("docker exec %s_postgres_1 psql -U postgres -d %s -tAc %s", PROJECT, db, sql)
     assert result.rc == 0, result.stderr

@@ -34,6 +34,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _backup_s
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine, containers_stopped, start_stopped
+from ansible_collections.minimarket.backup.plugins.module_utils import _volume_consistency as vc
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import (
     READ,
     STREAM_BUFFER,
@@ -259,28 +260,24 @@ def _unique_containers(users):
 
 
 def archive(engine, names, dest, environment, compression="gzip", mode="auto", stop_containers=False,
-            helper_image=DEFAULT_HELPER_IMAGE, check_mode=False, recipients=None, journal=None):
+            helper_image=DEFAULT_HELPER_IMAGE, check_mode=False, recipients=None, consistency=None, journal=None):
     journal = journal or _journal.Job(None, "archive")
     check_volume_names(names)
     if not names:
         raise BackupError("volumes is empty: list the volumes to archive")
     bs.check_environment(environment)
     recipients = bs.check_recipients(recipients)
+    modes = vc.plan(names, consistency)
     planned = bs.archive_name(KIND, environment, bs.utc_now(), compression, bool(recipients))
     infos = inspect_all(engine, names)
     mode = choose_mode(engine, infos, mode)
     users = running_users(engine, names)
-    to_stop = _unique_containers(users) if stop_containers else []
     warnings = []
-    if not stop_containers:
-        for name, containers in sorted(users.items()):
-            if containers:
-                warnings.append("volume %s is in use by running containers %s; the archive may not be consistent "
-                                "(set stop_containers=true)" % (name, ", ".join(c[1] for c in containers)))
-    result = {"mode": mode, "changed": True, "warnings": warnings, "encrypted": bool(recipients), "recipients": recipients,
-              "stopped_containers": [{"id": c[0], "name": c[1]} for c in to_stop]}
+    result = {"mode": mode, "changed": True, "warnings": warnings, "encrypted": bool(recipients), "recipients": recipients}
     if check_mode:
-        result["volumes"] = [volume_record(info) for info in infos]
+        to_stop = _stop_list(users, modes, stop_containers, [])
+        result["stopped_containers"] = [{"id": c[0], "name": c[1]} for c in to_stop]
+        result["volumes"] = [dict(volume_record(info), consistency={"mode": modes[info["Name"]]}) for info in infos]
         result["msg"] = "would write %s" % os.path.join(dest, planned)
         return result
     if not os.path.isdir(dest):
@@ -294,15 +291,18 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
         target = bs.AtomicFile(path)
         sink = None
         try:
-            sink = bs.CompressedSink(target.handle, compression, recipients)
-            with containers_stopped(engine, to_stop, stopped, journal):
-                if mode == "host":
-                    groups = [(os.path.dirname(os.path.dirname(host_mountpoint(info))), "%s/_data" % info["Name"]) for info in infos]
-                    summaries, race = read_host(host_create_command(groups), sink, names)
-                    warnings.extend(race)
-                else:
-                    with engine.helper(helper_image, names, read_only=True) as container_id:
-                        summaries = read_api(engine, container_id, names, sink)
+            mountpoints = dict((info["Name"], host_mountpoint(info)) for info in infos) if mode == "host" else None
+            with vc.prepared(engine, infos, mountpoints, modes, users, dest, journal, warnings) as prepared:
+                to_stop = _stop_list(users, dict((n, v.mode) for n, v in prepared.items()), stop_containers, warnings)
+                sink = bs.CompressedSink(target.handle, compression, recipients)
+                with containers_stopped(engine, to_stop, stopped, journal):
+                    if mode == "host":
+                        summaries, race = read_host(vc.tar_command(prepared, host_create_command([])), sink, names)
+                        warnings.extend(w for w in race if not vc.expected_warning(prepared, w))
+                    else:
+                        with engine.helper(helper_image, names, read_only=True) as container_id:
+                            summaries = read_api(engine, container_id, names, sink)
+                vc.finish(prepared)
             size, digest = sink.close()
             sink = None
             target.commit()
@@ -311,11 +311,13 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
                 sink.abort()
             target.discard()
             raise
+        stopped_names = set(c[1] for c in to_stop)
         records = []
         for info in infos:
             record = volume_record(info)
             record.update(summaries.get(info["Name"], {"files": 0, "size": 0, "sha256": None}))
-            record["stopped_containers"] = [c[1] for c in users[info["Name"]]] if stop_containers else []
+            record["stopped_containers"] = [c[1] for c in users[info["Name"]] if c[1] in stopped_names]
+            record["consistency"] = prepared[info["Name"]].record
             records.append(record)
         metadata = {
             "format": bs.FORMAT_VERSION,
@@ -339,6 +341,17 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
         "stopped_containers": stopped,
     })
     return result
+
+
+def _stop_list(users, modes, stop_containers, warnings):
+    """Containers to stop: those using a ``stop``-mode volume (online volumes keep their service running)."""
+    busy = dict((name, containers) for name, containers in users.items() if modes[name] == "stop" and containers)
+    if not stop_containers:
+        for name, containers in sorted(busy.items()):
+            warnings.append("volume %s is in use by running containers %s; the archive may not be consistent "
+                            "(set stop_containers=true)" % (name, ", ".join(c[1] for c in containers)))
+        return []
+    return _unique_containers(busy)
 
 
 def scan_archive(backup, allow_devices=False, contents=True):
@@ -556,23 +569,40 @@ def _api_put(engine, backup, records, helper_image, mounts, wipe):
 def scratch_check(engine, backup, journal, mode="auto", helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False):
     """Restore every volume of the archive into fresh scratch volumes, compare content digests, remove them.
 
-    Each scratch volume and staging directory is journaled before it is made.
     Returns (mode, per-volume report).
     """
-    records = backup.metadata["volumes"]
+    with scratch_volumes(engine, backup, journal, mode=mode, helper_image=helper_image, allow_devices=allow_devices) as scratch:
+        return scratch[0], scratch[1]
+
+
+@contextlib.contextmanager
+def scratch_volumes(engine, backup, journal, names=None, naming=None, labels=None, mode="auto",
+                    helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False):
+    """Restore volumes of the archive (``names``, default all) into fresh scratch volumes; always removed afterwards.
+
+    Each scratch volume and staging directory is recorded in ``journal`` before it is made.
+
+    Content digests are compared with the metadata as in a restore.  ``naming``
+    maps an archived volume to its scratch name; ``labels`` go on the scratch
+    volumes.  Yields (mode, per-volume report, {archived name: scratch name}).
+    """
+    records = [record for record in backup.metadata["volumes"] if names is None or record["name"] in names]
     token = "mmverify-%d-%d" % (os.getpid(), int(time.time()))
     scratch = []
     try:
         for number, record in enumerate(records):
-            name = "%s-%d" % (token, number)
+            name = (naming or {}).get(record["name"]) or "%s-%d" % (token, number)
             journal.record("scratch_volume", name=name, docker_host=engine.docker_host)
-            scratch.append(engine.create_volume(name, "local", None, {"minimarket.backup.scratch": "1"}))
+            scratch.append(engine.create_volume(name, "local", None, dict(labels or {}, **{"minimarket.backup.scratch": "1"})))
         mode = choose_mode(engine, scratch, mode)
         if mode == "host":
             staging_dirs = []
             mountpoints = dict((record["name"], host_mountpoint(info)) for record, info in zip(records, scratch))
             try:
-                unused, report = _stage(backup, records, mountpoints, ".mm-verify", staging_dirs, journal, allow_devices)
+                staged, report = _stage(backup, records, mountpoints, ".mm-verify", staging_dirs, journal, allow_devices)
+                for name, mountpoint in mountpoints.items():
+                    os.rmdir(mountpoint)  # a fresh volume: empty
+                    os.rename(staged[name], mountpoint)
             finally:
                 for staging in staging_dirs:
                     shutil.rmtree(staging, ignore_errors=True)
@@ -580,10 +610,10 @@ def scratch_check(engine, backup, journal, mode="auto", helper_image=DEFAULT_HEL
             report = scan_archive(backup, allow_devices)
             mounts = [(info["Name"], record["name"]) for record, info in zip(records, scratch)]
             _api_put(engine, backup, records, helper_image, mounts, wipe=False)
+        yield mode, report, dict((record["name"], info["Name"]) for record, info in zip(records, scratch))
     finally:
         for info in scratch:
             engine.remove_volume(info["Name"])
-    return mode, report
 
 
 def restore(engine, src, dest, environment, names=None, mode="auto", stop_containers=False,
@@ -727,6 +757,7 @@ def repairers():
 
     return {
         "container_stopped": lambda step: start_stopped(engine_for(step), step),
+        "online_undo": lambda step: vc.undo(engine_for(step), step),
         "volume_created": remove_created,
         "staging_directory": _remove_staging,
         "volume_swap": _finish_or_undo_swap,

@@ -41,6 +41,7 @@ author:
 requirements:
   - Docker SDK for Python (C(docker)) on the target.
   - GNU tar, and C(pigz)/C(gzip) or C(zstd) for compressed archives.
+  - For the V(sqlite) mode of O(consistency), C(unshare) and C(mount) (util-linux) and Python's C(sqlite3) module.
 extends_documentation_fragment:
   - minimarket.backup.encryption
 attributes:
@@ -87,9 +88,26 @@ options:
     description:
       - Stop the running containers that use the volumes for the duration and
         restart exactly those afterwards, also when the operation fails.
+        With O(state=archive) only the users of V(stop)-mode volumes (see O(consistency)) are stopped.
       - Without it, archiving a volume in use warns and restoring one is refused.
     type: bool
     default: false
+  consistency:
+    description:
+      - How each volume is made consistent while it is archived, as volume name to mode; unlisted volumes use V(stop).
+      - V(stop) stops the containers using the volume while it is read (with O(stop_containers)).
+      - V(redis) writes a canary key, runs C(BGSAVE) and waits for it (C(INFO persistence)), and pauses automatic
+        AOF rewrites while the volume is read, so the append-only file is read as a prefix that Redis loads.
+        Redis is asked on port 6379 at its container's address.
+      - V(prometheus) takes a TSDB snapshot through the admin API (port 9090, C(--web.enable-admin-api)) and archives
+        the snapshot as the volume's data, then deletes it.
+      - V(sqlite) copies every SQLite database of the volume with SQLite's online backup API and archives the copies in
+        place of the live files (without their C(-wal)/C(-shm)).
+      - Online modes need host mode. A service that cannot be asked (admin API off, no network address, several
+        containers on the volume) falls back to V(stop) with a warning. The metadata records per volume the mode used
+        and what a restore must show (canary, key count, series, table counts).
+    type: dict
+    default: {}
   src:
     description:
       - Archive to restore or verify, or V(latest) for the newest complete one in O(dest).
@@ -141,8 +159,10 @@ options:
         O(dest=/var/backups/minimarket/volumes)); M(minimarket.backup.pg_split_dump) uses the same directory.
     type: path
 notes:
-  - Containers using a volume while it is archived without O(stop_containers) may leave an inconsistent archive;
-    files that change or vanish while read are reported as warnings (and in the metadata).
+  - Containers using a V(stop)-mode volume while it is archived without O(stop_containers) may leave an inconsistent
+    archive; files that change or vanish while read are reported as warnings (and in the metadata).
+  - The services of online volumes are reached on their Docker network from the Docker host (the module runs there as
+    root); no port needs to be published and no tool is needed inside the containers.
 """
 
 EXAMPLES = r"""
@@ -156,6 +176,21 @@ EXAMPLES = r"""
     environment: production
     compression: zstd
     stop_containers: true
+
+- name: Archive the whole stack; Redis, Prometheus and Grafana keep running
+  minimarket.backup.docker_volume_archive:
+    volumes:
+      - inventario-retail_redis-data
+      - inventario-retail_prometheus-data
+      - inventario-retail_grafana-data
+      - inventario-retail_loki-data
+    dest: /var/backups/minimarket/volumes
+    environment: production
+    stop_containers: true
+    consistency:
+      inventario-retail_redis-data: redis
+      inventario-retail_prometheus-data: prometheus
+      inventario-retail_grafana-data: sqlite
 
 - name: Check the newest archive without touching any volume
   minimarket.backup.docker_volume_archive:
@@ -245,7 +280,9 @@ volumes:
   description:
     - Per volume. Archive and verify give C(name), C(files) (entries below the volume root, that is files,
       directories, links, FIFOs), C(size) (bytes of regular files), C(sha256) (content digest);
-      archive adds C(driver), C(driver_options), C(labels), C(stopped_containers); restore gives
+      archive adds C(driver), C(driver_options), C(labels), C(stopped_containers) and C(consistency) (C(mode),
+      C(how), C(fallback) when an online mode fell back to V(stop), and per mode C(canary), C(keys), C(series) or
+      C(databases)); restore gives
       C(name), C(action) (C(created) or C(replaced)), C(files), C(size) and C(duration) (seconds).
   returned: always
   type: list
@@ -315,6 +352,7 @@ def main():
         check_restored=dict(type="bool", default=True),
         scratch_restore=dict(type="bool", default=False),
         journal_dir=dict(type="path"),
+        consistency=dict(type="dict", default={}),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     if not HAS_DOCKER:
@@ -359,7 +397,7 @@ def run(module, p, journal_dir):
         with _journal.job(None if module.check_mode else journal_dir, "docker_volume_archive archive") as journal:
             result = va.archive(
                 engine, p["volumes"], p["dest"], p["environment"], p["compression"], p["mode"],
-                p["stop_containers"], p["helper_image"], module.check_mode, p["age_recipients"], journal,
+                p["stop_containers"], p["helper_image"], module.check_mode, p["age_recipients"], p["consistency"], journal,
             )
         for warning in result.pop("warnings"):
             module.warn(warning)

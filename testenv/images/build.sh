@@ -2,6 +2,8 @@
 # Build the test world's images without any registry:
 #   minimarket/postgres:15   debootstrap minbase (postgresql-15, python3) + docker import
 #   minimarket/busybox:latest  Debian's busybox-static with its applet links
+#   minimarket/services:bookworm  debootstrap minbase (redis-server 7, prometheus 2, python3): the real
+#                                 Redis and Prometheus and the Grafana stand-in (python3 + sqlite3)
 # An image whose tag exists and was built from these very files (MINIMARKET_IMAGE_REV: a hash
 # of its own build function and the files of its directory, so editing one image's recipe
 # never rebuilds another) is kept; --force rebuilds them all.
@@ -12,6 +14,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${MINIMARKET_IMAGE_CACHE:-/var/cache/minimarket-images}
 PG_IMAGE=minimarket/postgres:15
 BB_IMAGE=minimarket/busybox:latest
+SVC_IMAGE=minimarket/services:bookworm
 PG_UID=999
 FORCE=0
 
@@ -19,7 +22,7 @@ die() { echo "build.sh: $*" >&2; exit 1; }
 for arg in "$@"; do
   case "$arg" in
     --force) FORCE=1 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) die "unknown argument '$arg'; usage: build.sh [--force]" ;;
   esac
 done
@@ -151,5 +154,40 @@ GROUP
   echo "build.sh: built $BB_IMAGE"
 }
 
+# One rootfs for Redis, Prometheus and the Grafana stand-in (one debootstrap, one image); compose picks
+# the program and the user (the official images' uids: redis 999, prometheus 65534, grafana 472).
+build_services() {
+  local REV
+  REV=$(image_rev build_services services)
+  if have_image "$SVC_IMAGE" "$REV"; then echo "build.sh: $SVC_IMAGE is up to date, kept"; return; fi
+  command -v debootstrap >/dev/null || die "debootstrap is missing; apt-get install debootstrap"
+  local root="$CACHE/services-rootfs" mirror
+  SVC_ROOT=$root
+  mirror=$(debian_mirror)
+  rm -rf "$root"
+  trap 'umount_all "$SVC_ROOT"; rm -rf "$SVC_ROOT"' EXIT
+  echo "build.sh: debootstrap bookworm with redis-server, prometheus from $mirror (about a minute)"
+  debootstrap --variant=minbase --include=redis-server,prometheus,python3 bookworm "$root" "$mirror" \
+    >"$CACHE/debootstrap-services.log" 2>&1 || { tail -n 20 "$CACHE/debootstrap-services.log" >&2; die "debootstrap failed; see $CACHE/debootstrap-services.log"; }
+  umount_all "$root"
+  rm -rf "$root"/var/lib/redis/* "$root"/var/lib/prometheus/* "$root"/var/cache/apt/archives/*.deb \
+         "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/*
+  # Data dirs owned like in the official images, so fresh named volumes get those owners.
+  install -d -o 999 -g 999 -m 0755 "$root/data"
+  install -d -o 65534 -g 65534 -m 0755 "$root/prometheus"
+  install -d -o 472 -g 0 -m 0755 "$root/var/lib/grafana"
+  echo "build.sh: importing $SVC_IMAGE"
+  tar -C "$root" --numeric-owner -c . | docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change "ENV MINIMARKET_IMAGE_REV=$REV" \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'CMD ["sh"]' \
+    - "$SVC_IMAGE" >/dev/null
+  rm -rf "$root"
+  trap - EXIT
+  echo "build.sh: built $SVC_IMAGE"
+}
+
 build_busybox
 build_postgres
+build_services

@@ -5,6 +5,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 import uuid
 
 import psycopg
@@ -14,7 +15,8 @@ import yaml
 from testenv import pgcompare
 from testenv.pgserver import PgServer, free_port
 from testenv.seed.minimarket_seed import SeedError, scale, seed
-from testenv.stack import APP_SERVICES, BUSYBOX_IMAGE, COMPOSE_SH, PG_IMAGE, PROJECT, SERVICES, VOLUMES, ComposeStack
+from testenv.stack import (APP_SERVICES, BUSYBOX_IMAGE, COMPOSE_SH, PG_IMAGE, PROJECT, SERVICES, SERVICES_IMAGE, VOLUMES,
+                           ComposeStack)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROWS = 2000
@@ -180,13 +182,17 @@ def _docker(*args, check=True):
 
 
 def test_build_sh_keeps_up_to_date_images():
-    ids = [_docker("image", "inspect", "-f", "{{.Id}}", tag).stdout for tag in (PG_IMAGE, BUSYBOX_IMAGE)]
+    images = (PG_IMAGE, BUSYBOX_IMAGE, SERVICES_IMAGE)
+    ids = [_docker("image", "inspect", "-f", "{{.Id}}", tag).stdout for tag in images]
     result = subprocess.run([os.path.join(REPO_ROOT, "testenv", "images", "build.sh")],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f"build.sh: {BUSYBOX_IMAGE} is up to date, kept",
-                                          f"build.sh: {PG_IMAGE} is up to date, kept"]
-    assert [_docker("image", "inspect", "-f", "{{.Id}}", tag).stdout for tag in (PG_IMAGE, BUSYBOX_IMAGE)] == ids
+                                          f"build.sh: {PG_IMAGE} is up to date, kept",
+                                          f"build.sh: {SERVICES_IMAGE} is up to date, kept"]
+    assert [_docker("image", "inspect", "-f", "{{.Id}}", tag).stdout for tag in images] == ids
+    versions = _docker("run", "--rm", SERVICES_IMAGE, "sh", "-c", "redis-server --version; prometheus --version 2>&1").stdout
+    assert "Redis server v=7." in versions and "prometheus, version 2." in versions
     assert _docker("run", "--rm", PG_IMAGE, "id", "-u").stdout == "999\n"
     passwd = _docker("run", "--rm", BUSYBOX_IMAGE, "cat", "/etc/passwd").stdout
     for entry in ("root:x:0:0:", "grafana:x:472:", "postgres:x:999:", "nobody:x:65534:"):
@@ -279,9 +285,9 @@ def test_stack_volumes_hold_files_with_service_owners(compose_stack):
         ("postgres-data", "PG_VERSION"): (999, 0o600),
         ("grafana-data", "grafana.db"): (472, 0o640),
         ("grafana-data", "csv/informe año 2024.csv"): (472, 0o644),
-        ("prometheus-data", "01HMINIMARKET0000000000000/chunks/000001"): (65534, 0o644),
+        ("prometheus-data", "wal"): (65534, 0o755),
         ("loki-data", "index/index_19723"): (10001, 0o600),
-        ("redis-data", "dump.rdb"): (999, 0o644),
+        ("redis-data", "appendonlydir"): (999, 0o755),
     }
     for (volume, path), (uid, mode) in expected.items():
         st = os.lstat(_volume_path(compose_stack.volumes[volume], path))
@@ -312,18 +318,18 @@ def test_stack_database_is_seeded_and_up_is_idempotent(compose_stack):
 
 def test_stack_app_containers_stop_and_start_without_touching_data(compose_stack):
     apps = list(APP_SERVICES)
-    grafana_db = _volume_path(compose_stack.volumes["grafana-data"], "grafana.db")
-    with open(grafana_db, "rb") as handle:
+    loki_index = _volume_path(compose_stack.volumes["loki-data"], "index", "index_19723")
+    with open(loki_index, "rb") as handle:
         content = handle.read()
-    compose_stack.compose("stop", *apps, "grafana")
-    for service in apps + ["grafana"]:
+    compose_stack.compose("stop", *apps, "loki")
+    for service in apps + ["loki"]:
         assert _docker("inspect", "-f", "{{.State.Running}}", compose_stack.containers[service]).stdout == "false\n"
     assert _docker("inspect", "-f", "{{.State.Health.Status}}",
                    compose_stack.containers["postgres"]).stdout == "healthy\n"
-    compose_stack.compose("start", *apps, "grafana")
-    for service in apps + ["grafana"]:
+    compose_stack.compose("start", *apps, "loki")
+    for service in apps + ["loki"]:
         assert _docker("inspect", "-f", "{{.State.Running}}", compose_stack.containers[service]).stdout == "true\n"
-    with open(grafana_db, "rb") as handle:
+    with open(loki_index, "rb") as handle:
         assert handle.read() == content
     logs = _docker("logs", compose_stack.containers["agente_deposito"]).stdout
     assert logs.count("fake-service: agente_deposito reached postgres:5432") == 2
@@ -360,3 +366,44 @@ def test_stack_up_reports_a_postgres_volume_it_cannot_use_and_keeps_it():
     finally:
         stack.down()
         _docker("volume", "rm", "-f", stack.volumes["postgres-data"], check=False)
+
+
+def _wait_for(what, probe, seconds=60):
+    deadline = time.time() + seconds
+    while True:
+        value = probe()
+        if value:
+            return value
+        assert time.time() < deadline, f"{what} did not happen within {seconds} s"
+        time.sleep(0.5)
+
+
+def test_stack_runs_real_redis_prometheus_and_a_busy_sqlite_grafana(compose_stack):
+    redis = compose_stack.containers["redis"]
+    assert _docker("exec", redis, "redis-cli", "ping").stdout == "PONG\n"
+    persistence = _docker("exec", redis, "redis-cli", "config", "get", "appendonly").stdout.split()
+    assert persistence == ["appendonly", "yes"]
+    # agente_negocio writes a sale every second
+
+    def sales():
+        return int(_docker("exec", redis, "redis-cli", "get", "ventas:contador").stdout.strip() or 0)
+    first = _wait_for("a sale in Redis", sales)
+    _wait_for("more sales", lambda: sales() > first)
+    # Prometheus scrapes itself and the three applications (busybox httpd /metrics)
+    query = 'count(up{job="minimarket_apps"} == 1) + count(up{job="prometheus"} == 1)'
+    script = ("import json, urllib.request, urllib.parse, sys; "
+              "print(json.load(urllib.request.urlopen('http://localhost:9090/api/v1/query?' + "
+              "urllib.parse.urlencode({'query': sys.argv[1]})))['data']['result'][0]['value'][1])")
+    _wait_for("four healthy scrape targets", lambda: _docker(
+        "exec", compose_stack.containers["prometheus"], "python3", "-c", script, query, check=False).stdout.strip() == "4")
+    assert os.path.isdir(_volume_path(compose_stack.volumes["prometheus-data"], "wal"))
+    # grafana.db: WAL mode, written continuously by the stand-in
+    db = _volume_path(compose_stack.volumes["grafana-data"], "grafana.db")
+    assert os.path.exists(db + "-wal")
+    count = ("import sqlite3; c = sqlite3.connect('/var/lib/grafana/grafana.db'); "
+             "print(c.execute('PRAGMA journal_mode').fetchone()[0], c.execute('SELECT max(id) FROM user_auth_token').fetchone()[0], "
+             "c.execute('SELECT count(*) FROM dashboard').fetchone()[0])")
+    mode, tokens, dashboards = _docker("exec", compose_stack.containers["grafana"], "python3", "-c", count).stdout.split()
+    assert (mode, dashboards) == ("wal", "3")
+    _wait_for("new Grafana sessions", lambda: int(_docker(
+        "exec", compose_stack.containers["grafana"], "python3", "-c", count).stdout.split()[1]) > int(tokens))
