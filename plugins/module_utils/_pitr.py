@@ -38,7 +38,6 @@ STAGING = "_data.pitr-staging"
 PREVIOUS = "_data.pitr-previous"
 FAILED = "_data.pitr-failed"
 JOURNAL = "pitr-swap.json"
-WAL_NAME_RE = re.compile(r"^[0-9A-F]{24}$")
 METRICS_PREFIX = "minimarket_backup_pitr_"
 METRICS = (
     ("last_wal_received_timestamp_seconds", "Unix time the newest WAL data reached the backup host (0: none yet)."),
@@ -207,10 +206,9 @@ def repair(paths):
             os.rename(paths["previous"], paths["data"])
             done.append("put the data from before an unfinished recovery back into place")
         fsync_directory(os.path.dirname(paths["data"]))
-    for leftover in ("staging",):
-        if os.path.lexists(paths[leftover]):
-            _remove(paths[leftover])
-            done.append("removed a leftover staging directory")
+    if os.path.lexists(paths["staging"]):
+        _remove(paths["staging"])
+        done.append("removed a leftover staging directory")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(paths["journal"])
     return done
@@ -251,18 +249,13 @@ def commit(paths):
     _remove(paths["previous"])
 
 
-def wal_status(streaming_dir, now=None):
-    """(Unix time of the newest WAL data received, name of the segment being received or None)."""
+def last_wal_received(streaming_dir):
+    """Unix time the newest WAL data was written into Barman's streaming directory (0: none)."""
     newest = 0.0
-    current = None
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(streaming_dir):
-            mtime = os.stat(os.path.join(streaming_dir, name)).st_mtime
-            if mtime > newest:
-                newest = mtime
-            if name.endswith(".partial"):
-                current = name[:-len(".partial")]
-    return newest, current
+            newest = max(newest, os.stat(os.path.join(streaming_dir, name)).st_mtime)
+    return newest
 
 
 def rpo_seconds(lag_bytes, last_received, now):
@@ -297,22 +290,13 @@ def write_metrics(path, text):
         out.commit()
 
 
-class Cluster(object):
-    """The live PostgreSQL container: its data volume, stop/start, and SQL through ``docker exec`` (PgTools)."""
+class Container(object):
+    """A PostgreSQL container: stop/start, its log, and SQL through ``docker exec`` (PgTools)."""
 
-    def __init__(self, engine, container, data_dir, tools):
+    def __init__(self, engine, container, tools):
         self.engine = engine
         self.container = container
         self.tools = tools
-        try:
-            info = engine.api.inspect_container(container)
-        except Exception as exc:
-            raise BackupError("cannot inspect container %s (%s): check minimarket_db_container with 'docker ps -a'" % (container, exc))
-        mounts = [m for m in info.get("Mounts", []) if m.get("Destination") == data_dir]
-        if not mounts or mounts[0].get("Type") != "volume":
-            raise BackupError("container %s has no volume mounted at %s: set data_dir to its PGDATA" % (container, data_dir))
-        self.volume = mounts[0]["Name"]
-        self.paths = volume_paths(mounts[0]["Source"])
 
     def running(self):
         return bool(self.engine.api.inspect_container(self.container)["State"].get("Running"))
@@ -343,12 +327,32 @@ class Cluster(object):
             time.sleep(1)
 
     def switch_wal(self):
-        """Close the segment being written so everything committed until now can be archived; None if the server is down."""
+        """Close the segment being written so everything committed until now can be archived; None if the server is down.
+
+        A transaction is committed first: recovery stops at the first commit after the target, and
+        PostgreSQL refuses to end recovery before it reached the target (an idle database has none).
+        """
         try:
-            return self.tools.psql(self.tools.maintenance_db, "SELECT pg_walfile_name(pg_switch_wal());",
-                                   what="switching WAL")[0][0]
+            return self.tools.psql(self.tools.maintenance_db, "SELECT txid_current();\nSELECT pg_walfile_name(pg_switch_wal());",
+                                   what="switching WAL")[-1][0]
         except BackupError:
             return None
+
+
+class Cluster(Container):
+    """The live cluster's container and its data volume (where a recovered cluster is swapped in)."""
+
+    def __init__(self, engine, container, data_dir, tools):
+        Container.__init__(self, engine, container, tools)
+        try:
+            info = engine.api.inspect_container(container)
+        except Exception as exc:
+            raise BackupError("cannot inspect container %s (%s): check minimarket_db_container with 'docker ps -a'" % (container, exc))
+        mounts = [m for m in info.get("Mounts", []) if m.get("Destination") == data_dir]
+        if not mounts or mounts[0].get("Type") != "volume":
+            raise BackupError("container %s has no volume mounted at %s: set data_dir to its PGDATA" % (container, data_dir))
+        self.volume = mounts[0]["Name"]
+        self.paths = volume_paths(mounts[0]["Source"])
 
 
 def recover(barman, cluster, target, check_content, timeout=600, check_mode=False):
@@ -424,7 +428,7 @@ def slot_lag(tools, slot_name):
 def status(barman, tools, slot_name, environment, textfile_dir, now, write=True):
     """The PITR health facts (and the metrics file when ``textfile_dir`` is set)."""
     server = barman.json("show-server", barman.server).get(barman.server, {})
-    last_received, _current = wal_status(server.get("streaming_wals_directory") or "")
+    last_received = last_wal_received(server.get("streaming_wals_directory") or "")
     done = [b for b in barman.backups() if b.get("status") == "DONE"]
     last_backup = max([float(b["end_time_timestamp"]) for b in done] or [0])
     lag, active = slot_lag(tools, slot_name)
@@ -442,4 +446,40 @@ def status(barman, tools, slot_name, environment, textfile_dir, now, write=True)
         result["path"] = metrics_file(textfile_dir, environment)
         if write:
             write_metrics(result["path"], render_metrics(environment, values))
+    return result
+
+
+def scratch_verify(barman, engine, image, owner, workdir, target, make_tools, check_content, timeout=600):
+    """Recover ``target`` into ``workdir`` and start it in a throwaway container (no network); check it; remove both.
+
+    The live cluster and its volume are never touched. ``make_tools(container)`` returns PgTools for
+    that container; ``check_content(tools)`` returns (checks, problems).
+    """
+    started = time.time()
+    backup = choose_backup(target, barman.backups())
+    data = os.path.join(workdir, "data")
+    result = {"target_time": target if target == LATEST else target.isoformat(" "), "backup_id": backup["backup_id"]}
+    _remove(workdir)
+    os.makedirs(workdir, 0o700)
+    container = None
+    try:
+        barman.recover(backup["backup_id"], data, target)
+        prepare_staging({"staging": data}, owner)
+        config = engine.api.create_host_config(binds={data: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
+                                               network_mode="none")
+        container = engine.api.create_container(image, host_config=config, network_disabled=True,
+                                                labels={"minimarket.backup.helper": "1"})["Id"]
+        engine.start(container)
+        tools = make_tools(container)
+        Container(engine, container, tools).wait_promoted(timeout)
+        result["checks"], problems = check_content(tools)
+    finally:
+        if container:
+            with contextlib.suppress(Exception):
+                engine.api.remove_container(container, force=True, v=True)
+        _remove(workdir)
+    result["duration"] = round(time.time() - started, 3)
+    if problems:
+        raise BackupError("point-in-time recovery to %s (base backup %s) failed verification: %s"
+                          % (result["target_time"], backup["backup_id"], "; ".join(problems[:3])))
     return result

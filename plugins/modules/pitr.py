@@ -46,10 +46,11 @@ attributes:
 options:
   state:
     description:
-      - V(check) validates O(target_time), V(recover) recovers to it, V(status) reports (and writes) the health metrics.
+      - V(check) validates O(target_time), V(recover) recovers to it, V(verify) recovers a scratch copy and checks it,
+        V(status) reports (and writes) the health metrics.
     type: str
     default: check
-    choices: [check, recover, status]
+    choices: [check, recover, verify, status]
   config:
     description:
       - Barman configuration file written by the C(minimarket.backup.pitr) role.
@@ -84,6 +85,11 @@ options:
       - SQL queries that must return true on the recovered database.
     type: list
     elements: str
+  verify_minutes:
+    description:
+      - With O(state=verify), how many minutes before now the scratch recovery targets.
+    type: int
+    default: 5
   timeout:
     description:
       - Seconds to wait for the recovered cluster to reach its target and promote.
@@ -113,7 +119,7 @@ requirements:
   - docker (Python SDK) on the backup host
 notes:
   - The data volume must use the C(local) driver (its C(_data) directory is renamed).
-  - O(container) is required for O(state=recover) and O(state=status).
+  - O(container) is required for O(state=recover), O(state=verify) and O(state=status).
 """
 
 EXAMPLES = r"""
@@ -148,7 +154,7 @@ target_time:
   sample: "2026-03-14 17:55:00-03:00"
 checks:
   description: Result of each check on the recovered database.
-  returned: state is recover
+  returned: state is recover or verify
   type: list
   elements: dict
 duration:
@@ -162,6 +168,8 @@ metrics:
   sample: {rpo_seconds: 0, streaming_up: 1, check_ok: 1}
 """
 
+import datetime
+import os
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -175,6 +183,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (
     choose_backup,
     parse_target,
     recover,
+    scratch_verify,
     status,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import PgTools, postgres_common_argument_spec
@@ -188,6 +197,8 @@ def run(module, barman):
                         write=not module.check_mode)
         result["changed"] = bool(params["textfile_dir"]) and not module.check_mode
         return result
+    if params["state"] == "verify":
+        return verify_scratch(module, barman)
     if not params["target_time"]:
         raise BackupError("target_time is required: YYYY-MM-DD HH:MM:SS[+TZ] or 'latest'")
     target = parse_target(params["target_time"])
@@ -208,10 +219,39 @@ def run(module, barman):
     return result
 
 
+def verify_scratch(module, barman):
+    """Scratch recovery to a few minutes ago in a throwaway container, checked like a dump."""
+    params = module.params
+    target = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=params["verify_minutes"])
+    if module.check_mode:
+        return dict(changed=False, backup_id=choose_backup(target, barman.backups())["backup_id"], target_time=target.isoformat(" "))
+    if not params["container"]:
+        raise BackupError("container is required to verify: the live PostgreSQL container (its image runs the scratch copy)")
+    engine = Engine(params["docker_host"])
+    live = Cluster(engine, params["container"], params["data_dir"], PgTools(params, run_command=module.run_command))
+    wal = live.switch_wal()
+    if wal:
+        barman.wait_archived(wal)
+    image = engine.api.inspect_container(params["container"])["Config"]["Image"]
+    st = os.stat(live.paths["data"])
+    workdir = os.path.join(os.path.dirname(barman.home()), "verify-" + barman.server)
+
+    def make_tools(container):
+        return PgTools(dict(container=container, login_user=params["login_user"]), run_command=module.run_command)
+
+    def checks(tools):
+        return check_content(tools, params["db"], count_rows(tools, params["db"]), params["critical_tables"], params["queries"])
+
+    result = scratch_verify(barman, engine, image, (st.st_uid, st.st_gid), workdir, target, make_tools, checks,
+                            timeout=params["timeout"])
+    result["changed"] = False
+    return result
+
+
 def main():
     argument_spec = postgres_common_argument_spec()
     argument_spec.update(
-        state=dict(type="str", default="check", choices=["check", "recover", "status"]),
+        state=dict(type="str", default="check", choices=["check", "recover", "verify", "status"]),
         config=dict(type="path", required=True),
         server=dict(type="str", required=True),
         target_time=dict(type="str"),
@@ -219,6 +259,7 @@ def main():
         data_dir=dict(type="str", default="/var/lib/postgresql/data"),
         critical_tables=dict(type="dict"),
         queries=dict(type="list", elements="str"),
+        verify_minutes=dict(type="int", default=5),
         timeout=dict(type="int", default=600),
         slot_name=dict(type="str", default="barman_minimarket"),
         environment=dict(type="str", default="production"),

@@ -161,6 +161,23 @@ def test_schedule_streams_wal_and_took_the_first_base_backup(pitr):
     assert "-q cron" in cron and "-q backup minimarket-development" in cron
 
 
+def test_verify_backups_recovers_a_scratch_copy_and_leaves_the_live_cluster_alone(pitr):
+    before = pitr.started_at("postgres")
+    helpers = ["docker", "ps", "-aq", "--filter", "label=minimarket.backup.helper=1", "--filter", "ancestor=minimarket/postgres:15"]
+    existing = subprocess.run(helpers, capture_output=True, text=True, check=True).stdout.split()
+    skip_dumps = ["-e", "backup_verify_database=false", "-e", "backup_verify_volumes=false", "-e", "pitr_verify_minutes=0"]
+    rc, out = pitr.play("verify_backups.yml", *skip_dumps)
+    assert rc == 0, out
+    assert "point-in-time recovery verified: " in out and "8 checks passed" in out, out
+
+    rc, out = pitr.play("verify_backups.yml", *skip_dumps, minimarket_verify_queries=["SELECT count(*) < 0 FROM productos"])
+    assert rc == 2, out
+    assert "failed verification: query 'SELECT count(*) < 0 FROM productos' returned 'f', not true" in out, out
+    assert pitr.started_at("postgres") == before
+    assert subprocess.run(helpers, capture_output=True, text=True, check=True).stdout.split() == existing
+    assert sorted(n for n in os.listdir(os.path.join(pitr.root, "pitr")) if not n.startswith(".")) == ["minimarket-development"]
+
+
 @pytest.mark.parametrize("target, message", [
     ("yesterday at five", "target_time 'yesterday at five' is not a time: write YYYY-MM-DD HH:MM:SS[+TZ]"),
     ("2999-01-01 00:00:00+00", "target_time 2999-01-01 00:00:00+00:00 is in the future"),
