@@ -161,6 +161,22 @@ def test_schedule_streams_wal_and_took_the_first_base_backup(pitr):
     assert "-q cron" in cron and "-q backup minimarket-development" in cron
 
 
+def test_pitr_status_writes_the_health_for_prometheus(pitr, tmp_path):
+    pitr.sql("INSERT INTO ticks (writer, seq) VALUES (98, 1)")
+    rc, out = pitr.play("pitr_status.yml", minimarket_metrics_enabled=True, minimarket_metrics_textfile_dir=str(tmp_path))
+    assert rc == 0, out
+    path = tmp_path / "minimarket_backup_pitr_development.prom"
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    text = path.read_text()
+    values = dict(line.split("{", 1)[0:1] + [float(line.rsplit(" ", 1)[1])] for line in text.splitlines() if not line.startswith("#"))
+    assert values["minimarket_backup_pitr_streaming_up"] == 1 and values["minimarket_backup_pitr_check_ok"] == 1, text
+    assert values["minimarket_backup_pitr_last_base_backup_timestamp_seconds"] > time.time() - 3600, text
+    rpo, received = values["minimarket_backup_pitr_rpo_seconds"], values["minimarket_backup_pitr_last_wal_received_timestamp_seconds"]
+    assert received > 0 and (rpo == 0 or rpo == round(values["minimarket_backup_pitr_status_timestamp_seconds"] - received, 3)), text
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_verify_backups_recovers_a_scratch_copy_and_leaves_the_live_cluster_alone(pitr):
     before = pitr.started_at("postgres")
     helpers = ["docker", "ps", "-aq", "--filter", "label=minimarket.backup.helper=1", "--filter", "ancestor=minimarket/postgres:15"]
