@@ -7,6 +7,7 @@ stops; a recovery that fails its checks leaves the live database as it was; PITR
 import json
 import os
 import random
+import re
 import subprocess
 import threading
 import time
@@ -175,6 +176,12 @@ def test_pitr_status_writes_the_health_for_prometheus(pitr, tmp_path):
     assert received > 0 and (rpo == 0 or rpo == round(values["minimarket_backup_pitr_status_timestamp_seconds"] - received, 3)), text
     proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    rc, out = pitr.play("schedule.yml", minimarket_metrics_enabled=True, minimarket_metrics_textfile_dir=str(tmp_path))
+    assert rc == 0, out
+    jobs = [line for line in open("/etc/cron.d/" + pitr.cron_file).read().splitlines() if "pitr_status.yml" in line]
+    assert len(jobs) == 1 and jobs[0].startswith("* * * * * root cd ") and "flock --nonblock" in jobs[0], jobs
+    assert re.search(r"Take the first base backup at once\] \*+\nskipping", out), out  # idempotent: no second one
 
 
 def test_verify_backups_recovers_a_scratch_copy_and_leaves_the_live_cluster_alone(pitr):
