@@ -355,6 +355,25 @@ class Cluster(Container):
         self.paths = volume_paths(mounts[0]["Source"])
 
 
+def add_partial_wal(barman, staging):
+    """Give recovery the segment pg_receivewal was still writing (the live server is gone, so it will never be closed).
+
+    Like ``barman-wal-restore --partial``: the file holds every WAL record received, zeros after them,
+    which recovery reads as the end of WAL. Returns the segment name, or None.
+    """
+    streaming = barman.json("show-server", barman.server).get(barman.server, {}).get("streaming_wals_directory") or ""
+    with contextlib.suppress(FileNotFoundError):
+        for name in sorted(os.listdir(streaming), reverse=True):
+            if name.endswith(".partial"):
+                segment = name[:-len(".partial")]
+                wal_dir = os.path.join(staging, "barman_wal")  # with a target; without one Barman copies WAL into pg_wal
+                if not os.path.isdir(wal_dir):
+                    wal_dir = os.path.join(staging, "pg_wal")
+                shutil.copyfile(os.path.join(streaming, name), os.path.join(wal_dir, segment))
+                return segment
+    return None
+
+
 def recover(barman, cluster, target, check_content, timeout=600, check_mode=False):
     """Recover ``target`` into staging, swap it into the data volume, promote, check; put the old data back on failure.
 
@@ -376,11 +395,13 @@ def recover(barman, cluster, target, check_content, timeout=600, check_mode=Fals
     wal = cluster.switch_wal()
     if wal:
         barman.wait_archived(wal)
-    else:
-        result["warnings"] = ["the live server did not answer: recovering with the WAL archived so far"]
     _remove(paths["staging"])
     try:
         barman.recover(backup["backup_id"], paths["staging"], target)
+        if not wal:
+            partial = add_partial_wal(barman, paths["staging"])
+            result["warnings"] = ["the live server did not answer: recovering with the WAL received so far (%s)"
+                                  % (("including the unfinished segment " + partial) if partial else "no unfinished segment")]
         st = os.stat(paths["data"])
         prepare_staging(paths, (st.st_uid, st.st_gid))
     except BaseException:

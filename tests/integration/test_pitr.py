@@ -247,6 +247,35 @@ def test_recover_to_a_moment_under_continuous_writes(pitr):
     assert "receive-wal running: OK" in check, check
 
 
+def wal_on_disk(home, name, offset):
+    """Whether the WAL bytes just before ``offset`` of segment ``name`` reached Barman (archived or streaming)."""
+    if os.path.exists(os.path.join(home, "wals", name[:16], name)):
+        return True
+    try:
+        with open(os.path.join(home, "streaming", name + ".partial"), "rb") as handle:
+            handle.seek(max(0, offset - 16))
+            return any(handle.read(min(16, offset)))
+    except FileNotFoundError:
+        return False
+
+
+def test_latest_with_the_server_gone_keeps_what_streaming_received(pitr):
+    pitr.sql("CREATE TABLE last_words AS SELECT 'sold at 17:59'::text AS what")
+    name, offset = pitr.sql("SELECT file_name, file_offset FROM pg_walfile_name_offset(pg_current_wal_lsn())")[0]
+    home = os.path.join(pitr.root, "pitr", "minimarket-development")
+    for _ in range(600):
+        if wal_on_disk(home, name, offset):
+            break
+        time.sleep(0.1)
+    assert wal_on_disk(home, name, offset)
+    subprocess.run(["docker", "stop", pitr.stack.containers["postgres"]], check=True, capture_output=True)
+
+    rc, out = pitr.play("recover_database.yml", "-e", "confirm=yes", "-e", "target_time=latest")
+    assert rc == 0, out
+    assert "recovering with the WAL received so far (including the unfinished segment %s)" % name in out, out
+    assert pitr.sql("SELECT what FROM last_words") == [("sold at 17:59",)]
+
+
 def test_a_recovery_that_fails_its_checks_leaves_the_live_database_as_it_was(pitr):
     target = float(int(time.time()) + 1)
     while time.time() < target + 1:
