@@ -810,19 +810,24 @@ def drop_database(tools, name):
                what="dropping database %s" % name)
 
 
+def _row_counts(session):
+    """{schema.table: exact rows} of every user table, inside the session's open transaction."""
+    relations = session.query(USER_RELATIONS, what="listing tables")
+    if not relations:
+        return {}
+    sql = "\nUNION ALL ".join(
+        "SELECT %s, count(*) FROM %s.%s" % (quote_literal(table_name(r[0], r[1])), quote_ident(r[0]), quote_ident(r[1]))
+        for r in relations
+    )
+    return dict((k, int(v)) for k, v in session.query(sql + ";", what="counting rows"))
+
+
 def compare_contents(tools, dbname, metadata):
     """Per-table rows and object counts of dbname vs the metadata; returns (per-table results, problems)."""
     session = tools.session(dbname)
     try:
         session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
-        relations = session.query(USER_RELATIONS, what="listing restored tables")
-        actual = {}
-        if relations:
-            sql = "\nUNION ALL ".join(
-                "SELECT %s, count(*) FROM %s.%s" % (quote_literal(table_name(r[0], r[1])), quote_ident(r[0]), quote_ident(r[1]))
-                for r in relations
-            )
-            actual = dict((k, int(v)) for k, v in session.query(sql + ";", what="counting restored rows"))
+        actual = _row_counts(session)
         objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting restored objects"))
         session.query("COMMIT;")
     finally:
@@ -1005,14 +1010,7 @@ def count_rows(tools, dbname):
     session = tools.session(dbname)
     try:
         session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
-        relations = session.query(USER_RELATIONS, what="listing tables")
-        counts = {}
-        if relations:
-            sql = "\nUNION ALL ".join(
-                "SELECT %s, count(*) FROM %s.%s" % (quote_literal(table_name(r[0], r[1])), quote_ident(r[0]), quote_ident(r[1]))
-                for r in relations
-            )
-            counts = dict((k, {"restored": int(v)}) for k, v in session.query(sql + ";", what="counting rows"))
+        counts = dict((name, {"restored": rows}) for name, rows in _row_counts(session).items())
         session.query("COMMIT;")
     finally:
         session.close()

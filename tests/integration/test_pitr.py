@@ -263,7 +263,7 @@ def test_latest_with_the_server_gone_keeps_what_streaming_received(pitr):
     pitr.sql("CREATE TABLE last_words AS SELECT 'sold at 17:59'::text AS what")
     name, offset = pitr.sql("SELECT file_name, file_offset FROM pg_walfile_name_offset(pg_current_wal_lsn())")[0]
     home = os.path.join(pitr.root, "pitr", "minimarket-development")
-    for _ in range(600):
+    for _attempt in range(600):
         if wal_on_disk(home, name, offset):
             break
         time.sleep(0.1)
