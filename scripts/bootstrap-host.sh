@@ -4,7 +4,7 @@
 # Idempotent: on a host that already has what it needs it changes nothing.
 set -euo pipefail
 
-PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz isal acl attr rsync shellcheck cron logrotate python3-venv prometheus rclone age openssh-server openssh-client sudo python3-docker strace)
+PACKAGES=(docker.io docker-compose postgresql-15 debootstrap busybox-static zstd pigz isal acl attr rsync shellcheck cron logrotate python3-venv prometheus rclone age openssh-server openssh-client sudo python3-docker strace barman)
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/minimarket-dockerd.log}
 
 die() { echo "bootstrap-host: $*" >&2; exit 1; }
@@ -12,7 +12,7 @@ die() { echo "bootstrap-host: $*" >&2; exit 1; }
 missing=()
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15)
-for tool in debootstrap zstd pigz igzip setfacl setfattr rsync shellcheck logrotate promtool rclone age age-keygen ssh-keygen strace; do
+for tool in debootstrap zstd pigz igzip setfacl setfattr rsync shellcheck logrotate promtool rclone age age-keygen ssh-keygen strace barman; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 /usr/bin/python3 -c "import ensurepip" 2>/dev/null || missing+=(python3-venv)

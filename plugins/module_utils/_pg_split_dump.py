@@ -1112,28 +1112,53 @@ def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None,
         apply_properties(tools, scratch, props)
         result["database_properties"], more = compare_properties(tools, scratch, props)
         problems += more
-        for name, minimum in sorted((critical_tables or {}).items()):
-            got = tables.get(name if "." in name else "public." + name, {}).get("restored")
-            ok = got is not None and got >= int(minimum)
-            checks.append({"check": "critical table %s >= %s rows" % (name, minimum), "ok": ok, "value": got})
-            if not ok:
-                problems.append("critical table %s has %s rows, needs at least %s" % (name, got, minimum))
-        for sql in queries or []:
-            try:
-                rows = tools.psql(scratch, sql.rstrip().rstrip(";") + ";", what="query")
-                value = rows[0][0] if rows and rows[0] else None
-            except BackupError as exc:
-                value = str(exc)
-            ok = value == "t"
-            checks.append({"check": sql, "ok": ok, "value": value})
-            if not ok:
-                problems.append("query %r returned %r, not true" % (sql, value))
+        checks, more = check_content(tools, scratch, tables, critical_tables, queries)
+        problems += more
     finally:
         drop_database(tools, scratch)
     result.update(scratch_db=scratch, tables=tables, checks=checks, problems=problems, duration=round(time.time() - started, 3))
     if problems:
         raise VerifyFailed("backup %s failed verification: %s -- use another backup or fix the checks" % (backup.name, "; ".join(problems[:3])), result)
     return result
+
+
+def table_rows(tools, dbname):
+    """Exact row count of every user table, from one snapshot: {schema.table: {"restored": n}}."""
+    session = tools.session(dbname)
+    try:
+        session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
+        counts = dict((name, {"restored": rows})
+                      for name, rows in count_rows(session, list_relations(session, "listing tables"), "counting rows").items())
+        session.query("COMMIT;")
+    finally:
+        session.close()
+    return counts
+
+
+def check_content(tools, dbname, tables, critical_tables=None, queries=None):
+    """The operator's checks (critical tables' minimum rows, queries that must be true) on a restored or recovered database.
+
+    ``tables`` maps schema.table to {"restored": rows}; returns (checks, problems).
+    """
+    checks = []
+    problems = []
+    for name, minimum in sorted((critical_tables or {}).items()):
+        got = tables.get(name if "." in name else "public." + name, {}).get("restored")
+        ok = got is not None and got >= int(minimum)
+        checks.append({"check": "critical table %s >= %s rows" % (name, minimum), "ok": ok, "value": got})
+        if not ok:
+            problems.append("critical table %s has %s rows, needs at least %s" % (name, got, minimum))
+    for sql in queries or []:
+        try:
+            rows = tools.psql(dbname, sql.rstrip().rstrip(";") + ";", what="query")
+            value = rows[0][0] if rows and rows[0] else None
+        except BackupError as exc:
+            value = str(exc)
+        ok = value == "t"
+        checks.append({"check": sql, "ok": ok, "value": value})
+        if not ok:
+            problems.append("query %r returned %r, not true" % (sql, value))
+    return checks, problems
 
 
 class VerifyFailed(BackupError):

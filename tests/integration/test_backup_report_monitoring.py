@@ -8,11 +8,12 @@ import subprocess
 import yaml
 
 from ansible_collections.minimarket.backup.plugins.module_utils._metrics import NAMES, PREFIX
+from ansible_collections.minimarket.backup.plugins.module_utils._pitr import METRICS as PITR_METRICS, METRICS_PREFIX as PITR_PREFIX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMETHEUS = os.path.join(ROOT, "monitoring", "prometheus")
 DASHBOARD = os.path.join(ROOT, "monitoring", "grafana", "minimarket_backup.json")
-OURS = {PREFIX + name for name in NAMES}
+OURS = {PREFIX + name for name in NAMES} | {PITR_PREFIX + name for name, _help in PITR_METRICS}
 
 
 def promtool(*args, cwd=PROMETHEUS):
@@ -25,12 +26,14 @@ def metric_names(expr):
     return set(re.findall(r"\bminimarket_backup_\w+", expr))
 
 
-def test_rules_are_valid_and_cover_the_three_alerts():
+def test_rules_are_valid_and_cover_the_five_alerts():
     out = promtool("check", "rules", "minimarket_backup_rules.yml")
-    assert "SUCCESS: 3 rules found" in out
+    assert "SUCCESS: 5 rules found" in out
     with open(os.path.join(PROMETHEUS, "minimarket_backup_rules.yml")) as handle:
         rules = {rule["alert"]: rule for group in yaml.safe_load(handle)["groups"] for rule in group["rules"]}
-    assert set(rules) == {"MinimarketDatabaseBackupMissing", "MinimarketVolumeBackupMissing", "MinimarketBackupVerificationFailed"}
+    assert set(rules) == {"MinimarketDatabaseBackupMissing", "MinimarketVolumeBackupMissing", "MinimarketBackupVerificationFailed",
+                          "MinimarketPitrRpoHigh", "MinimarketPitrStreamingStopped"}
+    assert "> 300" in rules["MinimarketPitrRpoHigh"]["expr"]
     assert "26 * 3600" in rules["MinimarketDatabaseBackupMissing"]["expr"]
     assert "8 * 86400" in rules["MinimarketVolumeBackupMissing"]["expr"]
     for rule in rules.values():
@@ -47,7 +50,8 @@ def test_dashboard_shows_age_size_and_verification_of_our_metrics(tmp_path):
         dashboard = json.load(handle)
     assert dashboard["uid"] == "minimarket-backup"
     panels = {panel["title"]: panel for panel in dashboard["panels"]}
-    assert {"Age of the last successful backup", "Backup age over time", "Backup size over time", "Last verification"} <= set(panels)
+    assert {"Age of the last successful backup", "Backup age over time", "Backup size over time", "Last verification",
+            "PITR: live RPO", "PITR: age of the last base backup", "PITR: streaming and barman check"} <= set(panels)
     queries = {title: [target["expr"] for target in panel["targets"]] for title, panel in panels.items()}
     assert all(queries.values())
     used = set()
@@ -59,6 +63,10 @@ def test_dashboard_shows_age_size_and_verification_of_our_metrics(tmp_path):
     assert "time() - " in queries["Age of the last successful backup"][0]
     assert PREFIX + "last_size_bytes" in queries["Backup size over time"][0]
     assert PREFIX + "last_verification_ok" in queries["Last verification"][0]
+    assert PITR_PREFIX + "rpo_seconds" in queries["PITR: live RPO"][0]
+    assert "time() - " in queries["PITR: age of the last base backup"][0]
+    assert [PITR_PREFIX + "streaming_up" in queries["PITR: streaming and barman check"][0],
+            PITR_PREFIX + "check_ok" in queries["PITR: streaming and barman check"][1]] == [True, True]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     # promtool parses every query (as a recording rule, with the dashboard variable filled in).

@@ -1,0 +1,133 @@
+"""PITR decisions without Barman or Docker: target parsing, base backup choice, the journaled swap, RPO, metrics."""
+import datetime
+import json
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (
+    LATEST,
+    choose_backup,
+    commit,
+    parse_target,
+    render_metrics,
+    repair,
+    rpo_seconds,
+    swap_back,
+    swap_in,
+    volume_paths,
+)
+
+UTC = datetime.timezone.utc
+NOW = datetime.datetime(2026, 3, 14, 21, 0, 0, tzinfo=UTC)
+BACKUPS = [
+    {"backup_id": "20260313T013000", "status": "DONE", "end_time_timestamp": str(int(datetime.datetime(2026, 3, 13, 1, 31, tzinfo=UTC).timestamp()))},
+    {"backup_id": "20260314T013000", "status": "DONE", "end_time_timestamp": str(int(datetime.datetime(2026, 3, 14, 1, 31, tzinfo=UTC).timestamp()))},
+    {"backup_id": "20260314T120000", "status": "FAILED", "end_time_timestamp": "0"},
+]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-03-14 17:55:00-03", datetime.datetime(2026, 3, 14, 20, 55, tzinfo=UTC)),
+    ("2026-03-14 20:55:00+00:00", datetime.datetime(2026, 3, 14, 20, 55, tzinfo=UTC)),
+    ("2026-03-14T20:55:00.250Z", datetime.datetime(2026, 3, 14, 20, 55, 0, 250000, tzinfo=UTC)),
+    ("2026-03-14 22:25:00+0130", datetime.datetime(2026, 3, 14, 20, 55, tzinfo=UTC)),
+])
+def test_target_times_with_a_zone(text, expected):
+    assert parse_target(text, NOW) == expected
+
+
+def test_a_target_without_zone_is_local_time():
+    assert parse_target("2026-03-14 10:00:00", NOW) == datetime.datetime(2026, 3, 14, 10, 0).astimezone()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ayer a las cinco", "is not a time: write YYYY-MM-DD HH:MM:SS[+TZ]"),
+    ("2026-02-30 10:00:00+00", "is not a valid date or time"),
+    ("2026-03-14 10:00+00", "is not a time"),
+    ("2026-03-14 21:00:01+00", "is in the future (now 2026-03-14 21:00:00+00:00)"),
+])
+def test_bad_targets_fail_with_one_line(text, message):
+    with pytest.raises(BackupError) as info:
+        parse_target(text, NOW)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_latest_is_kept_as_is():
+    assert parse_target(" latest ", NOW) == LATEST
+
+
+def test_the_base_backup_is_the_newest_one_finished_before_the_target():
+    assert choose_backup(datetime.datetime(2026, 3, 14, 20, 55, tzinfo=UTC), BACKUPS)["backup_id"] == "20260314T013000"
+    assert choose_backup(datetime.datetime(2026, 3, 14, 1, 30, tzinfo=UTC), BACKUPS)["backup_id"] == "20260313T013000"
+    assert choose_backup(LATEST, BACKUPS)["backup_id"] == "20260314T013000"
+
+
+def test_a_target_before_the_oldest_base_backup_names_the_earliest_moment():
+    with pytest.raises(BackupError) as info:
+        choose_backup(datetime.datetime(2026, 3, 13, 1, 0, tzinfo=UTC), BACKUPS)
+    assert "is before the oldest base backup, which finished at 2026-03-13 01:31:00+00:00" in str(info.value)
+    with pytest.raises(BackupError, match="no complete base backup yet"):
+        choose_backup(LATEST, BACKUPS[2:])
+
+
+def make_volume(tmp_path):
+    data = tmp_path / "_data"
+    data.mkdir()
+    (data / "PG_VERSION").write_text("old")
+    staging = tmp_path / "_data.pitr-staging"
+    staging.mkdir()
+    (staging / "PG_VERSION").write_text("new")
+    return volume_paths(str(data))
+
+
+def test_swap_in_then_back_restores_the_previous_data(tmp_path):
+    paths = make_volume(tmp_path)
+    swap_in(paths)
+    assert open(os.path.join(paths["data"], "PG_VERSION")).read() == "new"
+    assert json.load(open(paths["journal"]))["state"] == "swapped"
+    swap_back(paths)
+    assert open(os.path.join(paths["data"], "PG_VERSION")).read() == "old"
+    assert open(os.path.join(paths["failed"], "PG_VERSION")).read() == "new"
+    assert not os.path.exists(paths["journal"]) and not os.path.exists(paths["previous"])
+
+
+def test_commit_drops_the_previous_data(tmp_path):
+    paths = make_volume(tmp_path)
+    swap_in(paths)
+    commit(paths)
+    assert sorted(os.listdir(tmp_path)) == ["_data"]
+
+
+@pytest.mark.parametrize("killed_after", ["first rename", "both renames"])
+def test_a_swap_killed_midway_is_undone_by_the_next_run(tmp_path, killed_after):
+    paths = make_volume(tmp_path)
+    os.rename(paths["data"], paths["previous"])
+    if killed_after == "both renames":
+        os.rename(paths["staging"], paths["data"])
+    with open(paths["journal"], "w") as handle:
+        json.dump({"state": "swapping"}, handle)
+    assert repair(paths)
+    assert open(os.path.join(paths["data"], "PG_VERSION")).read() == "old"
+    assert not os.path.exists(paths["journal"]) and not os.path.exists(paths["staging"])
+
+
+def test_a_volume_that_is_not_local_is_refused():
+    with pytest.raises(BackupError, match="does not end in _data"):
+        volume_paths("/mnt/nfs/pgdata")
+
+
+def test_rpo_is_zero_when_caught_up_and_the_age_of_the_last_wal_otherwise():
+    assert rpo_seconds(0, 1000.0, 5000.0) == 0
+    assert rpo_seconds(8192, 4990.0, 5000.0) == 10.0
+    assert rpo_seconds(None, 4700.0, 5000.0) == 300.0
+
+
+def test_metrics_are_valid_for_promtool(tmp_path):
+    text = render_metrics("production", {"rpo_seconds": 1.5, "streaming_up": 1, "check_ok": 0})
+    assert 'minimarket_backup_pitr_rpo_seconds{environment="production"} 1.5' in text
+    assert 'minimarket_backup_pitr_last_base_backup_timestamp_seconds{environment="production"} 0' in text
+    proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
