@@ -937,6 +937,10 @@ def other_sessions(tools, db, terminate=False):
     return session_rows(tools.psql(tools.maintenance_db, sql, what="listing the sessions on %s" % db))
 
 
+def describe_session(entry):
+    return "pid %(pid)d user %(user)s application '%(application)s' %(state)s" % entry
+
+
 def session_rows(rows):
     return [{"pid": int(r[0]), "user": r[1], "application": r[2], "state": r[3]} for r in rows]
 
@@ -988,6 +992,10 @@ def restore(tools, src, db, dest=None, environment=None, strategy="swap", jobs=2
         result["sessions"] = other_sessions(tools, db) if live_exists else []
         result["msg"] = "would restore %s into %s (strategy %s)%s" % (
             backup.name, db, strategy, ", terminating %d session(s) on it" % len(result["sessions"]) if result["sessions"] else "")
+        if result["sessions"]:
+            # A warning, so that the confirmation of a destructive playbook shows them before the operator answers.
+            result["warnings"].append("the restore will terminate %d session(s) on %s: %s" % (
+                len(result["sessions"]), db, "; ".join(describe_session(entry) for entry in result["sessions"])))
         return result
     if plan:
         replay_globals(tools, plan)

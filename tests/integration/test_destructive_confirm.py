@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import psycopg
 import pytest
 import yaml
 
@@ -62,6 +63,17 @@ def test_database_restore_shows_the_resolved_dump_then_refuses_without_confirmat
     assert shown and TAKEN.search(shown[0]), out
     assert "will overwrite: database %s (testing)" % seeded_db in out
     assert pgcompare.diff(before, pgcompare.snapshot(pg_server.dsn(seeded_db))) == []
+
+
+def test_the_question_names_the_sessions_the_restore_would_terminate(dumped, pg_server, seeded_db):
+    hosts, archive = dumped
+    with psycopg.connect(pg_server.dsn(seeded_db) + " application_name=dashboard") as busy:
+        busy.execute("SELECT count(*) FROM ventas")  # an open transaction
+        pid = busy.info.backend_pid
+        out = refusal(ansible("ansible-playbook", "-i", hosts, "playbooks/restore_database.yml", "-e", "backup_file=latest"))
+        busy.execute("SELECT 1")  # refused: the session is still there
+    assert ("warning: the restore will terminate 1 session(s) on %s: pid %d user %s application 'dashboard' "
+            "idle in transaction" % (seeded_db, pid, pg_server.user)) in out
 
 
 def test_a_wrong_answer_is_a_refusal(dumped, pg_server, seeded_db):

@@ -85,6 +85,8 @@ def test_restore_lists_the_sessions_it_terminates(pg_server, seeded_db, backup_d
         expected = {"pid": pid, "user": pg_server.user, "application": "agente_negocio", "state": "idle in transaction"}
         assert planned["sessions"] == [expected]
         assert "terminating 1 session(s)" in planned["msg"]
+        assert warnings(planned) == ["the restore will terminate 1 session(s) on %s: pid %d user %s application "
+                                     "'agente_negocio' idle in transaction" % (seeded_db, pid, pg_server.user)]
         restored = run_module(args)
         assert restored["_rc"] == 0, restored
         assert restored["sessions"] == [expected]
