@@ -76,6 +76,13 @@ def test_the_question_names_the_sessions_the_restore_would_terminate(dumped, pg_
             "idle in transaction" % (seeded_db, pid, pg_server.user)) in out
 
 
+def test_an_empty_target_time_is_the_dump_path(dumped):
+    """AWX's recover database survey sends target_time empty when the operator leaves it blank."""
+    hosts, archive = dumped
+    out = refusal(ansible("ansible-playbook", "-i", hosts, "playbooks/recover_database.yml", "-e", "target_time="))
+    assert "from backup %s" % archive in out and "point in time" not in out
+
+
 def test_a_wrong_answer_is_a_refusal(dumped, pg_server, seeded_db):
     hosts, archive = dumped
     proc = ansible("ansible-playbook", "-i", hosts, "playbooks/recover_database.yml", "-e", "confirm=no")
