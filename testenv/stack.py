@@ -5,7 +5,7 @@ real one is never touched. Volumes are ``<project>_<key>`` in both compose versi
 ``<project>_<service>_1`` (v1, the default) or, with ``naming="v2"``, ``<project>-<service>-1``
 (the compose file's explicit container_name values follow MINIMARKET_NAME_SEPARATOR).
 
-With ``compose_dir`` the stack runs from a copy of the compose file in that directory with a
+With ``compose_dir`` the stack runs from a copy of the compose directory (the file and what it mounts) with a
 ``.env`` beside it, as a shop's /opt/inventario-retail is: compose run later by the collection on
 the host (no MINIMARKET_* variables there) then still finds this project's names, port and password.
 """
@@ -55,8 +55,8 @@ class ComposeStack:
     @staticmethod
     def _copy_compose(directory, names):
         os.makedirs(directory, exist_ok=True)
-        shutil.copy(os.path.join(COMPOSE_DIR, COMPOSE_FILE), directory)
-        shutil.copy(os.path.join(COMPOSE_DIR, "fake-service.sh"), directory)
+        for name in os.listdir(COMPOSE_DIR):
+            shutil.copy(os.path.join(COMPOSE_DIR, name), directory)
         env_file = os.path.join(directory, ".env")
         with open(os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
             handle.writelines("%s=%s\n" % item for item in sorted(names.items()))

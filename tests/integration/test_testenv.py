@@ -331,6 +331,10 @@ def test_stack_app_containers_stop_and_start_without_touching_data(compose_stack
         assert _docker("inspect", "-f", "{{.State.Running}}", compose_stack.containers[service]).stdout == "true\n"
     with open(loki_index, "rb") as handle:
         assert handle.read() == content
+    # Running is true before the restarted script has printed its line: wait for it, then count.
+    _wait_for("the restarted agente_deposito reaching postgres",
+              lambda: _docker("logs", compose_stack.containers["agente_deposito"]).stdout.count(
+                  "fake-service: agente_deposito reached postgres:5432") >= 2)
     logs = _docker("logs", compose_stack.containers["agente_deposito"]).stdout
     assert logs.count("fake-service: agente_deposito reached postgres:5432") == 2
 
