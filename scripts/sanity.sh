@@ -5,7 +5,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$root/.venv-sanity
-work=${SANITY_DIR:-${TMPDIR:-/tmp}/minimarket-backup-sanity}
+# One copy per run: two checkouts (or worktrees) running sanity at once must not share it.
+work=${SANITY_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/minimarket-backup-sanity.XXXXXX")}
 dest=$work/ansible_collections/minimarket/backup
 
 # The import test bootstraps pip in a fresh venv with a script from a host we cannot
@@ -19,4 +20,8 @@ rm -rf "$work"
 mkdir -p "$dest"
 (cd "$root" && git ls-files -co --exclude-standard -z) | rsync -a --ignore-missing-args --from0 --files-from=- "$root/" "$dest/"
 cd "$dest"
-exec "$venv/bin/ansible-test" sanity --python 3.11 --color no "$@"
+status=0
+"$venv/bin/ansible-test" sanity --python 3.11 --color no "$@" || status=$?
+cd /
+[ -n "${SANITY_DIR:-}" ] || rm -rf "$work"
+exit "$status"

@@ -27,6 +27,8 @@ SERVICES_IMAGE = "minimarket/services:bookworm"
 SERVICES = ("postgres", "redis", "grafana", "prometheus", "loki", "agente_deposito", "agente_negocio", "dashboard")
 APP_SERVICES = ("agente_deposito", "agente_negocio", "dashboard")
 VOLUMES = ("postgres-data", "grafana-data", "prometheus-data", "loki-data", "redis-data")
+# The online modes the shipped inventories choose (minimarket_volume_consistency), by volume key.
+CONSISTENCY = {"redis-data": "redis", "prometheus-data": "prometheus", "grafana-data": "sqlite"}
 
 
 class ComposeStack:
@@ -63,11 +65,16 @@ class ComposeStack:
         return os.path.join(directory, COMPOSE_FILE)
 
     def inventory_vars(self):
-        """The inventory variables that aim the collection at this stack instead of inventario-retail."""
+        """The inventory variables that aim the collection at this stack instead of inventario-retail.
+
+        Keys that name volumes (the consistency modes) are rewritten too: the shipped inventories spell them
+        with the ``inventario-retail_`` prefix, which would name volumes this stack does not have.
+        """
         return {
             "minimarket_compose_project": self.project,
             "minimarket_compose_file": self.compose_file,
             "minimarket_volumes": [self.volumes[v] for v in VOLUMES],
+            "minimarket_volume_consistency": {self.volumes[v]: mode for v, mode in CONSISTENCY.items()},
         }
 
     def conninfo(self, dbname="minimarket"):
