@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import time
 
 import psycopg
 import pytest
@@ -64,6 +65,7 @@ def test_restore_under_another_name_needs_restore_as(pg_server, seeded_db, backu
 def test_latest_names_every_newer_backup_it_skipped(pg_server, seeded_db, backup_dir, dropped_databases):
     del dropped_databases
     older = dump(pg_server, seeded_db, backup_dir)
+    time.sleep(1.1)  # file names carry the second of the dump
     newer = dump(pg_server, seeded_db, backup_dir)
     os.unlink(newer["metadata"])
     checked = run_module(conn_args(pg_server, state="restore", db=seeded_db, dest=backup_dir, src="latest", environment="testing"),
