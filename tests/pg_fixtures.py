@@ -192,16 +192,18 @@ class PgContainer(object):
 
     image = "minimarket/postgres:15"
 
-    def __init__(self):
+    def __init__(self, labels=None):
         self.name = unique("pgsd-test")
         self.password = "ctr-" + uuid.uuid4().hex
         self.user = "postgres"
         self.port = 5432
         self.host = None
+        self.labels = labels or {}
 
     def start(self):
         env = dict(os.environ, POSTGRES_PASSWORD=self.password)
-        subprocess.run(["docker", "run", "-d", "--name", self.name, "-e", "POSTGRES_PASSWORD", self.image],
+        labels = [arg for key, value in sorted(self.labels.items()) for arg in ("--label", "%s=%s" % (key, value))]
+        subprocess.run(["docker", "run", "-d", "--name", self.name, "-e", "POSTGRES_PASSWORD"] + labels + [self.image],
                        check=True, capture_output=True, env=env)
         self.host = subprocess.run(["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", self.name],
                                    check=True, capture_output=True, text=True).stdout.strip()

@@ -245,3 +245,63 @@ def read_metadata(archive_path):
     from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
     with open(bs.metadata_path(archive_path)) as handle:
         return json.load(handle)
+
+
+def with_checksum(header):
+    """A tar header block with its checksum field recomputed, so the damage is not a plain bad checksum."""
+    header = bytearray(header)
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def unparsable_sparse_archives(parent, vol):
+    """GNU tar's own archives of a volume holding a sparse file, each with its sparse information damaged so
+    that Python's tarfile cannot parse it, though every tar header checksum is valid.
+
+    Returns {case: (tar bytes, what the parser says, the volume records a backup of the intact archive
+    declares)}, so the damage is the only thing that can fail.  ``parent/vol`` is made here.
+    """
+    from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import scan_stream
+    root = os.path.join(parent, vol)
+    os.mkdir(root)
+    with open(os.path.join(root, "sparse.img"), "wb") as handle:
+        handle.truncate(4 * 1024 * 1024)
+        handle.seek(1024 * 1024)
+        handle.write(b"ventas\n" * 100)
+    with open(os.path.join(root, "after"), "wb") as handle:
+        handle.write(b"written after the sparse file\n")
+
+    def gnu_tar(*options):
+        return subprocess.run(["tar", "--create", "--file=-", "--sort=name", "--numeric-owner", "--sparse", "-C", parent]
+                              + list(options) + [vol], stdout=subprocess.PIPE, check=True).stdout
+
+    pax = gnu_tar("--format=posix")  # what mode=host writes: GNU sparse 1.0, the map ahead of the data
+    old = gnu_tar("--format=gnu")  # the map in the member's header
+
+    def records(intact):
+        summary = scan_stream(io.BytesIO(intact))[vol]
+        return [{"name": vol, "driver": "local", "files": summary["files"], "size": summary["size"], "sha256": summary["sha256"]}]
+
+    cases = {}
+    start = pax.index(b"\n1048576\n") - 1  # the sparse map block: "<count>\n<offset>\n<size>\n..."
+    block = start - start % tarfile.BLOCKSIZE
+    cases["sparse-map-without-newline"] = (pax[:block] + b"9" * tarfile.BLOCKSIZE + pax[block + tarfile.BLOCKSIZE:],
+                                           "not enough values to unpack (expected 2, got 1)", records(pax))
+    realsize = pax.index(b"GNU.sparse.realsize=4194304")
+    cases["sparse-size-not-a-number"] = (pax[:realsize] + b"GNU.sparse.realsize=41943x4" + pax[realsize + 27:],
+                                         "invalid literal for int() with base 10: '41943x4'", records(pax))
+    offset = next(offset for offset in range(0, len(old), tarfile.BLOCKSIZE) if old[offset + 156:offset + 157] == b"S")
+    header = bytearray(old[offset:offset + tarfile.BLOCKSIZE])
+    header[386:398] = b"0004000000x\0"  # the first sparse entry's offset, not octal
+    cases["sparse-map-in-header"] = (old[:offset] + with_checksum(header) + old[offset + tarfile.BLOCKSIZE:],
+                                     "header at offset %d: invalid header" % offset, records(old))
+    header = bytearray(old[offset:offset + tarfile.BLOCKSIZE])
+    header[482] = 1  # "more sparse entries follow", and the archive ends
+    cases["sparse-extension-past-the-end"] = (old[:offset] + with_checksum(header), "index out of range", records(old))
+    for data, unused, unused_records in cases.values():
+        for start in range(0, len(data), tarfile.BLOCKSIZE):
+            block = data[start:start + tarfile.BLOCKSIZE]
+            if block[257:262] == b"ustar":
+                assert int(block[148:155].strip(b" \0"), 8) in tarfile.calc_chksums(block)
+    return cases

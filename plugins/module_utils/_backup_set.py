@@ -23,7 +23,9 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
+import tarfile
 import tempfile
 import threading
 
@@ -633,6 +635,16 @@ def _failure(name, identity_file, label, proc, errors):
     lines = errors.read().decode("utf-8", "replace").strip().splitlines()
     return "%s is truncated or damaged: %s failed (%s); use another backup" % (
         name, label, lines[-1] if lines else "exit status %d" % proc.returncode)
+
+
+# What tarfile raises on bytes it cannot parse: besides TarError, a damaged pax record or GNU sparse map
+# surfaces as ValueError ("not enough values to unpack"), IndexError, struct.error or UnicodeDecodeError.
+TAR_PARSE_ERRORS = (tarfile.TarError, EOFError, ValueError, LookupError, ArithmeticError, struct.error)
+
+
+def damaged_archive(name, exc):
+    """The one message for an archive whose tar stream cannot be parsed, whatever the parser raised."""
+    return BackupError("archive %s is truncated or damaged (%s): use another backup" % (name, str(exc) or type(exc).__name__))
 
 
 @contextlib.contextmanager

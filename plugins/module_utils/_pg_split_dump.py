@@ -40,6 +40,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
     EXTENSIONS,
     FORMAT_VERSION,
+    TAR_PARSE_ERRORS,
     AtomicFile,
     BackupError,
     CompressedSink,
@@ -48,6 +49,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     backup_lock,
     check_environment,
     check_recipients,
+    damaged_archive,
     encryption_record,
     new_archive_path,
     remove_stale_partials,
@@ -523,8 +525,8 @@ def restore_archive(tools, backup_path, dbname, jobs, identity_file=None):
         with archive_stream(backup_path, identity_file) as reader:
             try:
                 manifest = _read_members(tools, reader, dbname, jobs, active, finished, name)
-            except (tarfile.TarError, EOFError, ValueError, UnicodeDecodeError) as exc:
-                raise BackupError("archive %s is truncated or damaged (%s): use another backup" % (name, exc))
+            except TAR_PARSE_ERRORS as exc:
+                raise damaged_archive(name, exc)
         _check_manifest(manifest, finished, name)
         return manifest
     except BaseException:
@@ -870,8 +872,8 @@ def extract_stream(backup_path, wanted, expected_sha256, identity_file=None):
                     break
                 if parsed and parsed[0] == wanted:
                     parts.append(tar.extractfile(member).read())
-        except (tarfile.TarError, EOFError) as exc:
-            raise BackupError("archive %s is truncated or damaged (%s): use another backup" % (name, exc))
+        except TAR_PARSE_ERRORS as exc:
+            raise damaged_archive(name, exc)
     data = b"".join(parts)
     if not parts or hashlib.sha256(data).hexdigest() != expected_sha256:
         raise BackupError("%s in %s is missing or does not match its checksum: use another backup" % (wanted, name))
@@ -1126,21 +1128,56 @@ def verify(tools, src, db, dest=None, environment=None, jobs=2, scratch_db=None,
         drop_database(tools, scratch)
     result.update(scratch_db=scratch, tables=tables, checks=checks, problems=problems, duration=round(time.time() - started, 3))
     if problems:
-        raise VerifyFailed("backup %s failed verification: %s -- use another backup or fix the checks" % (backup.name, "; ".join(problems[:3])), result)
+        raise VerifyFailed(failed_verification("backup %s" % backup.name, problems, "use another backup or fix the checks"), result)
     return result
 
 
-def table_rows(tools, dbname):
-    """Exact row count of every user table, from one snapshot: {schema.table: {"restored": n}}."""
+def critical_key(name):
+    """How a critical table is named (``schema.table``, or ``table`` in ``public``) as a key of ``table_rows``."""
+    return name if "." in name else "public." + name
+
+
+def table_rows(tools, dbname, only=None):
+    """Exact row count of user tables, from one snapshot: {schema.table: {"restored": n}}.
+
+    ``only`` (critical table names) counts just those: on a live database
+    counting every table costs too much.  Tables are found in the catalog and
+    counted as quoted identifiers, so a name with capitals, spaces or quotes
+    is counted and a crafted one runs no SQL; a name that is no table is left
+    out (``check_content`` then says so).
+    """
+    wanted = None if only is None else set(critical_key(name) for name in only)
     session = tools.session(dbname)
     try:
         session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
-        counts = dict((name, {"restored": rows})
-                      for name, rows in count_rows(session, list_relations(session, "listing tables"), "counting rows").items())
+        relations = [relation for relation in list_relations(session, "listing tables")
+                     if wanted is None or table_name(*relation[:2]) in wanted]
+        counts = dict((name, {"restored": rows}) for name, rows in count_rows(session, relations, "counting rows").items())
         session.query("COMMIT;")
     finally:
         session.close()
     return counts
+
+
+def check_live(tools, dbname, critical_tables=None, queries=None):
+    """The checks of ``verify`` on a live database (after a recovery); returns the result, raises VerifyFailed.
+
+    ``msg`` is the one line a health report shows: each critical table with its rows, and the queries.
+    """
+    tables = table_rows(tools, dbname, only=critical_tables or {})
+    checks, problems = check_content(tools, dbname, tables, critical_tables, queries)
+    result = {"database": dbname, "checks": checks, "problems": problems}
+    if problems:
+        raise VerifyFailed(failed_verification("database %s" % dbname, problems, "restore another backup or fix the checks"), result)
+    names = sorted(critical_tables or {})
+    result["msg"] = "%d critical tables at or above their minimum (%s), %d queries true" % (
+        len(names), ", ".join("%s=%d" % (name, tables[critical_key(name)]["restored"]) for name in names), len(queries or []))
+    return result
+
+
+def failed_verification(subject, problems, fix):
+    """The one line of a failed verification, whether of a backup's scratch copy or of a live database."""
+    return "%s failed verification: %s -- %s" % (subject, "; ".join(problems[:3]), fix)
 
 
 def check_content(tools, dbname, tables, critical_tables=None, queries=None):
@@ -1151,10 +1188,12 @@ def check_content(tools, dbname, tables, critical_tables=None, queries=None):
     checks = []
     problems = []
     for name, minimum in sorted((critical_tables or {}).items()):
-        got = tables.get(name if "." in name else "public." + name, {}).get("restored")
+        got = tables.get(critical_key(name), {}).get("restored")
         ok = got is not None and got >= int(minimum)
         checks.append({"check": "critical table %s >= %s rows" % (name, minimum), "ok": ok, "value": got})
-        if not ok:
+        if got is None:
+            problems.append("critical table %s was not found (name it schema.table, or table for one in public)" % name)
+        elif not ok:
             problems.append("critical table %s has %s rows, needs at least %s" % (name, got, minimum))
     for sql in queries or []:
         try:

@@ -366,7 +366,7 @@ def scan_archive(backup, allow_devices=False, contents=True):
     checker = SafetyChecker(declared, allow_devices=allow_devices)
     with bs.archive_stream(backup.path, backup.identity_file) as stream:
         reader = TeeReader(stream)
-        summaries = scan_stream(reader, checker=checker, contents=contents)
+        summaries = scan_stream(reader, checker=checker, contents=contents, name=backup.name)
         reader.drain()
     keys = ("files", "size", "sha256") if contents else ("files", "size")
     report = []
@@ -435,7 +435,7 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devic
             sinks.update((name, sink) for name in names)
         stream = stack.enter_context(bs.archive_stream(backup.path, backup.identity_file))
         try:
-            summaries = extract_stream(stream, checker, sinks)
+            summaries = extract_stream(stream, checker, sinks, backup.name)
             for extraction in extractions:
                 extraction[2].close()
         except BrokenPipeError:

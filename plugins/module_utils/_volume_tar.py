@@ -24,7 +24,7 @@ import collections
 import hashlib
 import tarfile
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import TAR_PARSE_ERRORS, BackupError, damaged_archive
 
 BLOCK = 64 * 1024
 ZERO_BLOCK = bytes(BLOCK)
@@ -47,6 +47,23 @@ ACL_KEYS = ("SCHILY.acl.access", "SCHILY.acl.default")
 XATTR_PREFIX = "SCHILY.xattr."
 # ACLs travel as SCHILY.acl.* text; their binary xattr twins would duplicate them.
 SKIPPED_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+# A header tarfile cannot parse: past the first one tarfile ends the archive quietly (StrictTarInfo).
+HEADER_DAMAGE = (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError)
+
+
+class StrictTarInfo(tarfile.TarInfo):
+    """tarfile ends an archive quietly at a header it cannot parse past the first; here that header is damage.
+
+    A zero block (the end-of-archive marker) and a clean end of the stream
+    still end the archive.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tarfile):
+        try:
+            return super(StrictTarInfo, cls).fromtarfile(tarfile)
+        except HEADER_DAMAGE as exc:
+            raise EOFError("header at offset %d: %s" % (tarfile.offset, exc))
 
 
 class ContentHasher(object):
@@ -127,7 +144,7 @@ def hash_member_content(archive, member):
         while remaining:
             block = stream.read(min(READ, remaining))
             if not block:
-                raise BackupError("archive member %s is truncated: the archive is damaged; use another backup" % member.name)
+                raise EOFError("member %s is truncated" % member.name)
             hasher.data(block)
             remaining -= len(block)
         position = offset + length
@@ -271,16 +288,18 @@ class TeeReader(object):
             pass
 
 
-def scan_stream(reader, volumes=None, checker=None, on_member=None, contents=True):
+def scan_stream(reader, volumes=None, checker=None, on_member=None, contents=True, name=None):
     """Parse a tar stream; returns {volume: summary}.  Raises BackupError on damage or unsafe members.
 
     ``volumes`` restricts which top-level directories may appear; ``on_member``
     lets callers copy members (API mode) while the digest is computed;
     ``contents=False`` skips hashing file data (the digest is then meaningless).
+    ``name`` is the archive's file name; None when the stream comes straight
+    from the volumes (archiving, or reading a restore back).
     """
     digests = {}
     try:
-        archive = tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_BUFFER)
+        archive = tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_BUFFER, tarinfo=StrictTarInfo)
         for member in archive:
             if checker is not None:
                 checker.check(member)
@@ -297,9 +316,11 @@ def scan_stream(reader, volumes=None, checker=None, on_member=None, contents=Tru
             digests[volume].add(member, content)
             # tarfile keeps every TarInfo it has seen: forget them so memory stays flat at any file count.
             del archive.members[:]
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BackupError("the archive stream is damaged or truncated (%s): use another backup" % exc)
-    return dict((name, digest.summary()) for name, digest in digests.items())
+    except TAR_PARSE_ERRORS + (OSError,) as exc:
+        if name is None:
+            raise BackupError("the tar stream read from the volumes cannot be parsed (%s): nothing was written; run again" % exc)
+        raise damaged_archive(name, exc)
+    return dict((volume, digest.summary()) for volume, digest in digests.items())
 
 
 class GatedReader(object):
@@ -425,26 +446,28 @@ class _DataRegion(object):
             hasher.hole(member.size - position)
         while self.left:
             if not self.read(READ):
-                raise BackupError("archive member %s is truncated: the archive is damaged; use another backup" % member.name)
+                raise EOFError("member %s is truncated" % member.name)
         if hasher is not None:
             return hasher.hexdigest()
         return None
 
 
-def extract_stream(source, checker, sinks):
+def extract_stream(source, checker, sinks, name):
     """Restore in one pass: check each member, then forward its bytes to ``sinks[volume]``.
 
     A member reaches its sink only after its headers passed ``checker``: an
     unsafe member raises with nothing of it forwarded.  Members of volumes
     without a sink are checked and counted but not forwarded nor hashed.
     Returns {volume: summary} with the content digest (forwarded volumes) and
-    the ``layout`` digest.  BrokenPipeError (a sink died) propagates.
+    the ``layout`` digest.  BrokenPipeError (a sink died) propagates; a
+    stream that cannot be parsed raises the damaged-archive message naming
+    ``name`` (the sinks must then be discarded: they hold part of it).
     """
     gate = GatedReader(source)
     digests = {}
     try:
         # One block at a time: tarfile then never holds bytes past the header it parsed, and data goes through _DataRegion.
-        archive = tarfile.open(fileobj=gate, mode="r|", bufsize=tarfile.BLOCKSIZE)
+        archive = tarfile.open(fileobj=gate, mode="r|", bufsize=tarfile.BLOCKSIZE, tarinfo=StrictTarInfo)
         for member in archive:
             checker.check(member)
             volume = volume_of(member.name)
@@ -458,6 +481,6 @@ def extract_stream(source, checker, sinks):
         gate.drain()
     except BrokenPipeError:
         raise
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BackupError("the archive stream is damaged or truncated (%s): use another backup" % exc)
-    return dict((name, digest.summary()) for name, digest in digests.items())
+    except TAR_PARSE_ERRORS + (OSError,) as exc:
+        raise damaged_archive(name, exc)
+    return dict((volume, digest.summary()) for volume, digest in digests.items())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: pg_split_dump
-short_description: Consistent split dump, safe restore and verification of a PostgreSQL database
+short_description: Consistent split dump, safe restore and verification of a PostgreSQL database, and checks of a live one
 version_added: 0.1.0
 description:
   - O(state=dump) writes C(<dest>/database_<environment>_<YYYYMMDD_HHMMSS>.tar.gz) (C(.tar.zst), C(.tar)) and
@@ -35,6 +35,10 @@ description:
     comment this module puts on it, never by its name alone.
   - O(state=verify) checks the checksums, restores into a scratch database that is always dropped, compares row counts,
     and checks O(critical_tables) and O(queries).
+  - O(state=check) makes the same O(critical_tables) and O(queries) checks on the live database O(db) itself (after a
+    recovery), read-only, and fails with the same problems as O(state=verify). Only the critical tables are counted, in
+    one snapshot, each found in the catalog and counted as a quoted identifier (capitals, spaces and quotes in a name are
+    fine, and a name never runs as SQL).
   - With O(age_recipients), O(state=dump) writes C(database_<environment>_<YYYYMMDD_HHMMSS>.tar.gz.age) encrypted with
     C(age); O(state=restore) and O(state=verify) of such an archive need O(age_identity_file) and prove it opens the
     archive before anything is touched.
@@ -50,6 +54,7 @@ attributes:
     details:
       - O(state=dump) and O(state=restore) check the server and the archive and report what they would do.
       - O(state=verify) only checks the archive's checksum (and that O(age_identity_file) opens an encrypted one) in check mode.
+      - O(state=check) changes nothing and runs in check mode as usual.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
@@ -57,17 +62,18 @@ attributes:
     description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: none
     details:
-      - Every O(state=dump) writes a new backup and every O(state=restore) restores again.
+      - Every O(state=dump) writes a new backup and every O(state=restore) restores again. O(state=check) never changes anything.
 options:
   state:
     description:
-      - V(dump) writes a backup, V(restore) restores one, V(verify) proves one can be restored.
+      - V(dump) writes a backup, V(restore) restores one, V(verify) proves one can be restored, V(check) checks the live
+        database O(db) (O(critical_tables), O(queries)).
     type: str
-    choices: [dump, restore, verify]
+    choices: [dump, restore, verify, check]
     default: dump
   db:
     description:
-      - The database to dump, or to restore into (it is created if missing).
+      - The database to dump, or to restore into (it is created if missing), or to check.
     type: str
     required: true
   dest:
@@ -156,11 +162,13 @@ options:
     type: str
   critical_tables:
     description:
-      - For O(state=verify), tables (C(schema.table), or C(table) in C(public)) and the minimum number of rows each must have.
+      - For O(state=verify) and O(state=check), tables (C(schema.table), or C(table) in C(public)) and the minimum number of
+        rows each must have. Names are written as they are (C(Ventas Día), not C("Ventas Día")).
     type: dict
   queries:
     description:
-      - For O(state=verify), SQL queries run in the scratch database that must each return true.
+      - For O(state=verify) and O(state=check), SQL queries that must each return true, run in the scratch database
+        (verify) or in O(db) (check).
     type: list
     elements: str
 notes:
@@ -253,6 +261,18 @@ EXAMPLES = r"""
       ventas: 1
     queries:
       - SELECT count(*) > 0 FROM categorias
+
+- name: After a recovery, check the live database with the same checks
+  minimarket.backup.pg_split_dump:
+    state: check
+    db: minimarket
+    compose_project: inventario-retail
+    compose_service: postgres
+    critical_tables:
+      productos: 1
+      Ventas Día: 1  # names as they are, not SQL-quoted
+    queries:
+      - SELECT count(*) > 0 FROM categorias
 """
 
 RETURN = r"""
@@ -333,13 +353,15 @@ backup:
            "summary": "/var/backups/minimarket/database/database_production_20251007_120000.tar.gz
                        (taken 2025-10-07 12:00:00 UTC, 1.0 MiB, environment production)"}
 msg:
-  description: What the module would do (check mode).
-  returned: check mode
+  description:
+    - What the module would do (check mode).
+    - For O(state=check), one line with each critical table's rows and the number of queries that held.
+  returned: check mode, or state=check
   type: str
   sample: would restore database_production_20251007_120000.tar.gz into minimarket (strategy swap)
 database:
-  description: The database restored into (O(db)).
-  returned: state=restore
+  description: The database restored into, or checked (O(db)).
+  returned: state=restore or state=check
   type: str
   sample: minimarket
 strategy:
@@ -421,13 +443,13 @@ scratch_db:
   sample: minimarket_verify_20251008_031500
 checks:
   description: Result of each O(critical_tables) and O(queries) check.
-  returned: state=verify and not check mode
+  returned: (state=verify and not check mode) or state=check
   type: list
   elements: dict
   sample: [{"check": "critical table productos >= 1 rows", "ok": true, "value": 2000}]
 problems:
-  description: What did not hold during O(state=verify) (empty on success).
-  returned: state=verify and not check mode
+  description: What did not hold during O(state=verify) or O(state=check) (empty on success).
+  returned: (state=verify and not check mode) or state=check
   type: list
   elements: str
   sample: []
@@ -447,6 +469,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump i
     VerifyFailed,
     check_compression_level,
     check_dest,
+    check_live,
     dump,
     load_backup,
     plan_dump,
@@ -476,6 +499,8 @@ def run(module, tools, journal_dir):
         result = dump(tools, params["db"], params["dest"], params["environment"], params["compression"],
                       params["jobs"], params["include_globals"], params["age_recipients"], params["compression_level"])
         return dict(changed=True, **result)
+    if state == "check":
+        return dict(changed=False, **check_live(tools, params["db"], params["critical_tables"], params["queries"]))
     identity_file = params["age_identity_file"]
     if state == "restore":
         with _journal.job(None if module.check_mode else journal_dir, "pg_split_dump restore") as journal:
@@ -510,7 +535,7 @@ def main():
     argument_spec = postgres_common_argument_spec()
     argument_spec.update(encryption_argument_spec())
     argument_spec.update(
-        state=dict(type="str", default="dump", choices=["dump", "restore", "verify"]),
+        state=dict(type="str", default="dump", choices=["dump", "restore", "verify", "check"]),
         db=dict(type="str", required=True),
         dest=dict(type="path"),
         environment=dict(type="str", default="production"),

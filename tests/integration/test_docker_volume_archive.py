@@ -17,6 +17,7 @@ from tests.volume_fixtures import (
     populate,
     read_metadata,
     snapshot,
+    unparsable_sparse_archives,
     write_backup,
 )
 
@@ -242,6 +243,51 @@ def test_corrupted_and_truncated_archives_are_refused(engine, mm_docker, tmp_pat
             va.restore(engine, write_backup(dest, name.replace("0000", "2000"), payload, meta["volumes"]), dest, "test")
     assert snapshot(mountpoint) == before
     assert leftovers(mountpoint) == []
+
+
+def _module(args):
+    """docker_volume_archive run by ansible as an operator would: (exit code, the task's result)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json",
+               ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    proc = subprocess.run([os.path.join(REPO, ".venv", "bin", "ansible"), "localhost", "-m",
+                           "minimarket.backup.docker_volume_archive", "-a", args],
+                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+    return proc.returncode, json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+@pytest.mark.parametrize("case", ["sparse-map-without-newline", "sparse-size-not-a-number", "sparse-map-in-header",
+                                  "sparse-extension-past-the-end"])
+def test_archive_tarfile_cannot_parse_is_damaged_and_changes_nothing(engine, mm_docker, helper_image, tmp_path, case):
+    vol = mm_docker.volume("unparsable")
+    mountpoint = mm_docker.mountpoint(vol)
+    populate(mountpoint, sparse_size=64 * 1024, extended=False)
+    before = snapshot(mountpoint)
+    user = mm_docker.container("user", [vol], helper_image)
+    (tmp_path / "src").mkdir()
+    data, detail, records = unparsable_sparse_archives(str(tmp_path / "src"), vol)[case]
+    dest = str(tmp_path / "b")
+    os.mkdir(dest)
+    # the metadata vouches for these bytes: the checksum check passes, only the tar parser can find the damage
+    path = write_backup(dest, "volumes_test_20250101_000000.tar.gz", data, records, "gzip")
+    expected = "archive volumes_test_20250101_000000.tar.gz is truncated or damaged (%s): use another backup" % detail
+
+    for mode in ("host", "api"):
+        with pytest.raises(BackupError) as failure:
+            va.restore(engine, path, dest, "test", mode=mode, stop_containers=True)
+        assert str(failure.value) == expected
+    for scratch in (None, engine):
+        with pytest.raises(BackupError) as failure:
+            va.verify(path, dest, "test", engine=scratch)
+        assert str(failure.value) == expected
+    rc, res = _module("state=restore src=%s dest=%s environment=test stop_containers=true" % (path, dest))
+    assert rc != 0 and res["failed"] and res["msg"] == expected
+    rc, res = _module("state=verify src=%s dest=%s environment=test" % (path, dest))
+    assert rc != 0 and res["failed"] and res["msg"] == expected
+
+    assert snapshot(mountpoint) == before
+    assert leftovers(mountpoint) == []
+    assert scratch_volumes(engine) == []
+    assert mm_docker.running(user)
 
 
 def test_module_entry_point_archive_verify_restore_check_mode(mm_docker, tmp_path):

@@ -19,6 +19,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._postgres import
     major_of,
     subprocess_runner,
 )
+from tests.volume_fixtures import with_checksum
 
 PARAMS = dict(login_host="db.example", login_port=5433, login_user="backup", login_password="s3cret-pw",
               login_unix_socket="", maintenance_db="postgres", container=None, bin_dir=None)
@@ -221,6 +222,30 @@ def test_restore_reader_reports_truncated_compressed_archive(tmp_path):
     target.write_bytes(gzip.compress(data)[:5000])
     with pytest.raises(BackupError, match="truncated or damaged|has no manifest"):
         psd.restore_archive(PgTools(PARAMS), str(target), "unused", 1)
+
+
+def _unparsable_first_member(case):
+    """One member header whose checksum matches but whose GNU sparse data makes tarfile raise a plain Python error."""
+    info = tarfile.TarInfo("schema.sql.part00000.last")
+    if case == "pax-sparse-map":
+        info.pax_headers = {"GNU.sparse.map": "0,x"}
+        return info.tobuf(tarfile.PAX_FORMAT)
+    info.type = tarfile.GNUTYPE_SPARSE
+    return with_checksum(bytearray(info.tobuf(tarfile.GNU_FORMAT))[:482] + b"\1" + bytes(29))  # "more sparse entries follow", then the end
+
+
+@pytest.mark.parametrize("case, detail", [("pax-sparse-map", "invalid literal for int() with base 10: 'x'"),
+                                          ("sparse-extension-past-the-end", "index out of range")])
+def test_any_tar_parse_error_is_the_damaged_archive_message(tmp_path, case, detail):
+    path = tmp_path / "database_x_20250101_000000.tar"
+    path.write_bytes(_unparsable_first_member(case))
+    expected = "archive database_x_20250101_000000.tar is truncated or damaged (%s): use another backup" % detail
+    with pytest.raises(BackupError) as restored:
+        psd.restore_archive(PgTools(PARAMS), str(path), "unused", 1)
+    assert str(restored.value) == expected
+    with pytest.raises(BackupError) as extracted:
+        psd.extract_stream(str(path), "globals.sql", "0" * 64)
+    assert str(extracted.value) == expected
 
 
 def test_collection_version_matches_galaxy_yml():

@@ -18,7 +18,11 @@ from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar impo
     extract_stream,
     scan_stream,
 )
-from tests.volume_fixtures import crafted_tar
+from tests.volume_fixtures import crafted_tar, unparsable_sparse_archives
+
+ARCHIVE = "volumes_test_20250101_000000.tar"
+UNPARSABLE_CASES = ["sparse-map-without-newline", "sparse-size-not-a-number", "sparse-map-in-header",
+                    "sparse-extension-past-the-end"]
 
 
 def digest_of(*parts):
@@ -129,8 +133,42 @@ def test_scan_stream_counts_and_digests_per_volume():
 
 def test_scan_stream_reports_truncation():
     data = crafted_tar([({"name": "v1", "type": tarfile.DIRTYPE}, None), ({"name": "v1/big"}, os.urandom(200000))])
-    with pytest.raises(BackupError, match="v1/big is truncated"):
-        scan_stream(io.BytesIO(data[:100000]))
+    with pytest.raises(BackupError, match="^archive %s is truncated or damaged \\(member v1/big is truncated\\)" % ARCHIVE):
+        scan_stream(io.BytesIO(data[:100000]), name=ARCHIVE)
+
+
+@pytest.fixture(scope="module")
+def unparsable(tmp_path_factory):
+    return unparsable_sparse_archives(str(tmp_path_factory.mktemp("sparse")), "vol")
+
+
+@pytest.mark.parametrize("case", UNPARSABLE_CASES)
+def test_any_parse_error_is_the_damaged_archive_message(unparsable, case):
+    data, detail, unused = unparsable[case]
+    expected = "archive %s is truncated or damaged (%s): use another backup" % (ARCHIVE, detail)
+    with pytest.raises(BackupError) as scanned:
+        scan_stream(io.BytesIO(data), checker=SafetyChecker(["vol"]), name=ARCHIVE)
+    assert str(scanned.value) == expected
+    sink = io.BytesIO()
+    with pytest.raises(BackupError) as extracted:
+        extract_stream(io.BytesIO(data), SafetyChecker(["vol"]), {"vol": sink}, ARCHIVE)
+    assert str(extracted.value) == expected
+    # only members parsed before the damage went on (the caller discards them); never the damaged one's bytes
+    assert b"ventas" not in sink.getvalue()
+
+
+def test_a_damaged_header_is_not_taken_for_the_end_of_the_archive():
+    data = bytearray(crafted_tar([({"name": "v1", "type": tarfile.DIRTYPE}, None), ({"name": "v1/a"}, b"one"),
+                                  ({"name": "v1/b"}, b"two")]))
+    second = data.index(b"v1/b\0")  # the header of the third member
+    data[second + 124:second + 136] = b"0000000000z\0"  # size field not octal; checksum made valid again
+    data[second + 148:second + 156] = b" " * 8
+    data[second + 148:second + 156] = b"%06o\0 " % sum(data[second:second + tarfile.BLOCKSIZE])
+    with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r|") as archive:
+        assert [member.name for member in archive] == ["v1", "v1/a"]  # what tarfile alone makes of it
+    with pytest.raises(BackupError, match="^archive %s is truncated or damaged \\(header at offset %d: invalid header\\)"
+                       % (ARCHIVE, second)):
+        scan_stream(io.BytesIO(bytes(data)), name=ARCHIVE)
 
 
 def test_tee_reader_copies_exactly_what_gnu_tar_wrote(tmp_path):
@@ -200,7 +238,7 @@ def _forwarded(data, volumes, sinks_for):
     sinks = dict((volume, io.BytesIO()) for volume in sinks_for)
     error = None
     try:
-        found = extract_stream(io.BytesIO(data), SafetyChecker(volumes), sinks)
+        found = extract_stream(io.BytesIO(data), SafetyChecker(volumes), sinks, ARCHIVE)
     except BackupError as exc:
         error, found = exc, None
     return sinks, found, error
@@ -242,7 +280,7 @@ def test_one_pass_forwards_each_volume_exactly_and_ends_the_archive_itself(tmp_p
     # what GNU tar receives is a complete archive and nothing that followed the end marker
     with open(tmp_path / "in.tar", "wb") as handle:
         sink = TarSink(handle)
-        extract_stream(io.BytesIO(data), SafetyChecker(["v1", "v2"]), {"v1": sink, "v2": sink})
+        extract_stream(io.BytesIO(data), SafetyChecker(["v1", "v2"]), {"v1": sink, "v2": sink}, ARCHIVE)
         sink.close()
     assert os.path.getsize(tmp_path / "in.tar") % tarfile.RECORDSIZE == 0
     listing = subprocess.run(["tar", "-tf", str(tmp_path / "in.tar")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
