@@ -4,7 +4,9 @@
 
 A backup is the pair ``<kind>_<env>_<YYYYMMDD_HHMMSS><ext>`` plus
 ``<same stem>_metadata.json``; it is *complete* only when the metadata exists,
-names the archive and records its size (and, when checked, its sha256).
+names the archive and records its size and sha256, and the archive has that
+size (``judge``: the one rule for local and remote copies; the sha256 itself
+is compared only when checked).
 Writers go through ``.partial`` files so that nothing that looks complete can
 be left behind by a failure.
 
@@ -45,6 +47,8 @@ NAME_RE = re.compile(
 AGE_RECIPIENT_RE = re.compile(r"^age1[qpzry9x8gf2tvdw0s3jn54khce6mua7l]{58}$")
 SSH_RECIPIENT_RE = re.compile(r"^ssh-(?:ed25519|rsa) [A-Za-z0-9+/]+={0,2}(?: [^\n]*)?$")
 TIMESTAMP_FORMAT = "%Y%m%d_%H%M%S"
+# The problem of metadata whose archive is not there (locally or at the second location).
+ARCHIVE_MISSING = "its archive is missing"
 DAMAGED = "decrypting %s failed (age: %s): the archive is damaged or truncated; use another backup"
 
 
@@ -123,13 +127,58 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
+def parse_metadata_name(name):
+    """(kind, env, utc datetime) of ``<kind>_<env>_<ts>_metadata.json``, by the archive naming rules, or None."""
+    if not name.endswith(METADATA_SUFFIX):
+        return None
+    parsed = parse_archive_name(name[: -len(METADATA_SUFFIX)] + ".tar")
+    return parsed and parsed[:3]
+
+
+def orphan_metadata(names, kind, environment, paired):
+    """(name, created) of the set's metadata files among ``names`` that no archive pairs with, oldest first."""
+    found = []
+    for name in names:
+        parsed = parse_metadata_name(name)
+        if parsed is not None and parsed[:2] == (kind, environment) and name not in paired:
+            found.append((name, parsed[2]))
+    return sorted(found, key=lambda pair: (pair[1], pair[0]))
+
+
 def completeness_problem(name, size, meta):
-    """Why an archive of ``size`` bytes with metadata ``meta`` is not complete, or None: the rule for local and remote copies."""
+    """Why an archive of ``size`` bytes with metadata ``meta`` is not complete, or None."""
     if meta.get("archive") != name:
         return "metadata names %r, not this archive" % meta.get("archive")
     if meta.get("size") != size:
         return "archive is %d bytes but metadata records %r" % (size, meta.get("size"))
+    if not meta.get("sha256"):
+        return "metadata records no sha256"
     return None
+
+
+def judge(name, size, metadata_name, raw):
+    """The one completeness rule, for a local or a remote copy: (metadata, None) or (None, why it is incomplete).
+
+    ``raw`` is the metadata file's bytes (None when it is missing), ``size``
+    the archive's size; the callers only differ in where they read them.
+    """
+    if raw is None:
+        return None, "metadata file %s is missing" % metadata_name
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        return None, "metadata %s is not valid JSON (%s): the backup is incomplete or damaged" % (metadata_name, exc)
+    if not isinstance(meta, dict):
+        return None, "metadata %s is not a JSON object: the backup is incomplete or damaged" % metadata_name
+    problem = completeness_problem(name, size, meta)
+    return (None, problem) if problem else (meta, None)
+
+
+def checksum_problem(actual, meta, what="archive"):
+    """Why bytes whose sha256 is ``actual`` are not the ones ``meta`` vouches for, or None."""
+    if actual == meta.get("sha256"):
+        return None
+    return "sha256 %s does not match metadata %s: the %s is damaged" % (actual, meta.get("sha256"), what)
 
 
 def human_size(size):
@@ -149,28 +198,29 @@ class Backup(object):
         self.kind, self.environment, self.created, self.extension = parse_archive_name(name)
         self.metadata_path = metadata_path(self.path)
         self.metadata = None
+        self.size = None
         self.problem = None
         self.warnings = []
         self.identity_file = None
         self._inspect()
 
     def _inspect(self):
-        if not os.path.exists(self.metadata_path):
-            self.problem = "metadata file %s is missing" % os.path.basename(self.metadata_path)
+        """Read what ``judge`` needs from the disk; RemoteBackup reads the same from the remote."""
+        metadata_name = os.path.basename(self.metadata_path)
+        try:
+            with open(self.metadata_path, "rb") as handle:
+                raw = handle.read()
+        except FileNotFoundError:
+            raw = None
+        except (OSError, IOError) as exc:
+            self.problem = "cannot read metadata %s: %s" % (metadata_name, exc.strerror or exc)
             return
         try:
-            meta = read_metadata(self.metadata_path)
-        except BackupError as exc:
-            self.problem = str(exc)
-            return
-        try:
-            size = os.stat(self.path).st_size
+            self.size = os.stat(self.path).st_size
         except OSError as exc:
             self.problem = "cannot stat archive: %s" % exc.strerror
             return
-        self.problem = completeness_problem(self.name, size, meta)
-        if self.problem is None:
-            self.metadata = meta
+        self.metadata, self.problem = judge(self.name, self.size, metadata_name, raw)
 
     @property
     def complete(self):
@@ -196,16 +246,20 @@ class Backup(object):
             )
 
 
-def list_backups(directory, kind=None, environment=None):
-    """Backups in directory (complete or not), oldest first; other files are ignored."""
+def _listdir(directory):
+    """Names in directory; a directory that does not exist yet holds no backups."""
     try:
-        names = os.listdir(directory)
+        return os.listdir(directory)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return []
         raise BackupError("cannot list %s: %s" % (directory, exc.strerror))
+
+
+def list_backups(directory, kind=None, environment=None):
+    """Backups in directory (complete or not), oldest first; other files are ignored."""
     found = []
-    for name in names:
+    for name in _listdir(directory):
         parsed = parse_archive_name(name)
         if parsed is None:
             continue
@@ -216,6 +270,12 @@ def list_backups(directory, kind=None, environment=None):
         found.append(Backup(directory, name))
     found.sort(key=lambda b: (b.created, b.name))
     return found
+
+
+def list_orphans(directory, kind, environment, backups):
+    """(name, created) of the set's metadata files in directory whose archive is not among ``backups``, oldest first."""
+    paired = set(os.path.basename(backup.metadata_path) for backup in backups)
+    return orphan_metadata(_listdir(directory), kind, environment, paired)
 
 
 def resolve_source(src, directory, kind, environment, identity_file=None):

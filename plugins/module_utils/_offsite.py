@@ -2,9 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The second location: complete backup pairs copied with rclone, verified there, pruned there, fetched back.
 
-The remote follows the local rules: a backup is complete only when its metadata
-exists, names the archive and records the archive's size, and the metadata is
-always uploaded (and downloaded) last. Nothing here ever deletes or rewrites a
+The remote follows the local rule (``_backup_set.judge``): a backup is complete
+only when its metadata exists, names the archive and records the archive's size
+and sha256, and the metadata is always uploaded (and downloaded) last. Nothing here ever deletes or rewrites a
 local backup. The remote's configuration reaches rclone only through its
 environment (``RCLONE_CONFIG_<NAME>_<KEY>`` or ``RCLONE_CONFIG``), never argv.
 """
@@ -19,6 +19,7 @@ import tempfile
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
+    ARCHIVE_MISSING,
     CHUNK,
     METADATA_SUFFIX,
     AtomicFile,
@@ -26,9 +27,11 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     BackupError,
     backup_lock,
     check_environment,
-    completeness_problem,
+    checksum_problem,
+    judge,
     list_backups,
     metadata_path,
+    orphan_metadata,
     parse_archive_name,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import (
@@ -184,8 +187,17 @@ class Rclone(object):
         self.check(["copyto", "--ignore-times", local_path, self.path(name)], "uploading %s to %s" % (name, self.remote))
 
 
+def module_runner(module):
+    """The ``run`` an Rclone needs, from an AnsibleModule: bytes in and out, the remote's settings in the environment only."""
+    def run(argv, env, data=None):
+        rc, out, err = module.run_command(argv, data=data, binary_data=True, environ_update=env, encoding=None,
+                                          expand_user_and_vars=False)
+        return rc, out, err.decode("utf-8", "replace")
+    return run
+
+
 class RemoteBackup(object):
-    """One archive (or orphan metadata) in the remote directory, judged like a local Backup."""
+    """One archive in the remote directory, judged by the rule of a local Backup (``judge``)."""
 
     def __init__(self, name, size, metadata_name, metadata_raw):
         self.name = name
@@ -198,22 +210,7 @@ class RemoteBackup(object):
         self._inspect()
 
     def _inspect(self):
-        if self.metadata_raw is None:
-            self.problem = "metadata file %s is missing" % self.metadata_name
-            return
-        try:
-            meta = json.loads(self.metadata_raw.decode("utf-8"))
-        except ValueError as exc:
-            self.problem = "metadata %s is not valid JSON (%s)" % (self.metadata_name, exc)
-            return
-        if not isinstance(meta, dict):
-            self.problem = "metadata %s is not a JSON object" % self.metadata_name
-        else:
-            self.problem = completeness_problem(self.name, self.size, meta)
-        if self.problem is None and not meta.get("sha256"):
-            self.problem = "metadata %s records no sha256" % self.metadata_name
-        if self.problem is None:
-            self.metadata = meta
+        self.metadata, self.problem = judge(self.name, self.size, self.metadata_name, self.metadata_raw)
 
     @property
     def complete(self):
@@ -255,16 +252,6 @@ def _set_of(name, kind, environment):
     return parsed is not None and parsed[:2] == (kind, environment)
 
 
-def _orphan_metadata(name, kind, environment):
-    """UTC time of a metadata file of the set, from the same naming rules as the archives."""
-    if not name.endswith(METADATA_SUFFIX):
-        return None
-    parsed = parse_archive_name(name[: -len(METADATA_SUFFIX)] + ".tar")
-    if parsed is None or parsed[:2] != (kind, environment):
-        return None
-    return parsed[2]
-
-
 def scan_remote(rclone, kind, environment):
     """List the remote directory and read the set's metadata files in one download."""
     check_environment(environment)
@@ -281,16 +268,13 @@ def scan_remote(rclone, kind, environment):
             meta_name = metadata_name(name)
             backups.append(RemoteBackup(name, sizes[name], meta_name, metadata.get(meta_name)))
     backups.sort(key=lambda b: (b.created, b.name))
-    paired = set(b.metadata_name for b in backups)
-    orphans = sorted((name, created) for name, created in
-                     ((name, _orphan_metadata(name, kind, environment)) for name in sizes if name not in paired)
-                     if created is not None)
+    orphans = orphan_metadata(sizes, kind, environment, set(b.metadata_name for b in backups))
     return RemoteSet(backups, orphans, sizes)
 
 
 def _download_metadata(rclone, kind, environment, sizes):
     """The set's metadata files, fetched with one ``rclone copy`` (not one connection per file)."""
-    wanted = [name for name in sizes if _orphan_metadata(name, kind, environment) is not None]
+    wanted = [name for name, unused in orphan_metadata(sizes, kind, environment, ())]
     if not wanted:
         return {}
     scratch = tempfile.mkdtemp(prefix="offsite-meta-")
@@ -418,7 +402,7 @@ def _candidates(remote_set):
         state = STATE_COMPLETE if backup.complete else STATE_INCOMPLETE
         candidates.append(Candidate(backup.name, backup.created, state, sizes, backup.problem))
     for name, created in remote_set.orphans:
-        candidates.append(Candidate(name, created, STATE_INCOMPLETE, [(name, remote_set.sizes[name])], "its archive is missing"))
+        candidates.append(Candidate(name, created, STATE_INCOMPLETE, [(name, remote_set.sizes[name])], ARCHIVE_MISSING))
     return candidates
 
 
@@ -437,16 +421,19 @@ def prune(rclone, kind, environment, policy, now, check_mode=False):
     return result
 
 
+def check_remote_sums(rclone, remote_set):
+    """Stream every complete remote archive back: one whose bytes differ from its metadata is no longer complete."""
+    for backup in remote_set.complete():
+        backup.problem = checksum_problem(rclone.hash_remote(backup.name)[1], backup.metadata, "remote copy")
+
+
 def list_remote(rclone, kind, environment, checksum=False):
     """The remote set newest first; with checksum, every complete archive is streamed back and hashed."""
     remote_set = scan_remote(rclone, kind, environment)
-    for backup in remote_set.complete():
-        if checksum:
-            digest = rclone.hash_remote(backup.name)[1]
-            if digest != backup.metadata["sha256"]:
-                backup.problem = "sha256 %s does not match metadata %s: the remote copy is damaged" % (digest, backup.metadata["sha256"])
+    if checksum:
+        check_remote_sums(rclone, remote_set)
     backups = [b.as_dict() for b in reversed(remote_set.backups)]
-    backups.extend(dict(name=name, created=created.isoformat(), complete=False, problem="its archive is missing")
+    backups.extend(dict(name=name, created=created.isoformat(), complete=False, problem=ARCHIVE_MISSING)
                    for name, created in remote_set.orphans)
     latest = [b["name"] for b in backups if b["complete"]]
     return dict(backups=backups, latest=latest[0] if latest else None)

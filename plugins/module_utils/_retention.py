@@ -18,13 +18,14 @@ import re
 import stat
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    METADATA_SUFFIX,
+    ARCHIVE_MISSING,
     PARTIAL_SUFFIX,
     BackupError,
     backup_lock,
     fsync_directory,
     list_backups,
     parse_archive_name,
+    parse_metadata_name,
 )
 
 DURATION_RE = re.compile(r"^(?:\d+[smhdw])+$")
@@ -231,18 +232,10 @@ def _regular_size(path):
     return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
-def _metadata_created(name):
-    """UTC time of ``<kind>_<env>_<ts>_metadata.json`` (parsed with the archive rules), or None."""
-    if not name.endswith(METADATA_SUFFIX):
-        return None
-    parsed = parse_archive_name(name[: -len(METADATA_SUFFIX)] + ".tar")
-    return parsed and parsed[:3]
-
-
 def _scheme_of(name):
     """(kind, env, created) for an archive or metadata name of the scheme, else None."""
     parsed = parse_archive_name(name)
-    return parsed[:3] if parsed else _metadata_created(name)
+    return parsed[:3] if parsed else parse_metadata_name(name)
 
 
 def require_directory(directory):
@@ -276,11 +269,11 @@ def scan(directory, kind, environment):
             state = STATE_PARTIAL
             problem = None
         else:
-            parsed = _metadata_created(name)
+            parsed = parse_metadata_name(name)
             if parsed is None or path in paired_metadata:
                 continue
             state = STATE_INCOMPLETE
-            problem = "its archive is missing"
+            problem = ARCHIVE_MISSING
         if parsed is None or parsed[:2] != (kind, environment):
             continue
         size = _regular_size(path)

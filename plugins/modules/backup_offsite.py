@@ -272,6 +272,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._offsite import 
     Rclone,
     fetch,
     list_remote,
+    module_runner,
     prune,
     push,
     push_failure_message,
@@ -304,13 +305,8 @@ def main():
     # Only the secret settings are masked: masking the whole dict would also mask its port or host inside backup names.
     module.no_log_values.update(secret_values(params["remote_config"]))
 
-    def run(argv, env, data=None):
-        rc, out, err = module.run_command(argv, data=data, binary_data=True, environ_update=env, encoding=None,
-                                          expand_user_and_vars=False)
-        return rc, out, err.decode("utf-8", "replace")
-
     try:
-        rclone = Rclone(module.get_bin_path("rclone", required=True), params["remote"], run,
+        rclone = Rclone(module.get_bin_path("rclone", required=True), params["remote"], module_runner(module),
                         rclone_config=params["rclone_config"], remote_config=params["remote_config"])
         kind, environment = params["kind"], params["environment"]
         if params["state"] == "push":

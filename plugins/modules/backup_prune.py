@@ -19,7 +19,8 @@ description:
     O(keep_monthly) and O(keep_yearly) follow C(restic forget) (newest to oldest, the newest backup of each distinct UTC
     hour, day, ISO week, month or year fills one slot until the count is used up; while slots are left, the oldest
     backup is kept as well).
-  - Only complete backups (metadata present, naming the archive, with the archive's size) count toward the keep rules.
+  - Only complete backups (metadata present, naming the archive, with the archive's size and a sha256; the rule of
+    M(minimarket.backup.backup_info)) count toward the keep rules.
     If the policy would delete every complete backup, the newest one is kept and a warning is returned.
   - An incomplete backup (archive without valid metadata, or metadata without its archive) is deleted only when it is
     older than O(retention_days), older than O(partial_max_age) and older than the newest complete backup.
