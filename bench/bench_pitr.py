@@ -98,7 +98,7 @@ def main():
     cron_file = "mmtest_bench_pitr_%d" % os.getpid()
     settings = {
         "minimarket_pitr_enabled": True, "minimarket_compose_project": stack.project,
-        "minimarket_db_container": stack.containers["postgres"], "minimarket_pitr_db_port": stack.port,
+        "minimarket_pitr_db_port": stack.port,
         "minimarket_backup_root": os.path.join(base, "backups"), "pitr_config_dir": os.path.join(base, "etc"),
         "pitr_cron_file": cron_file, "pitr_log": os.path.join(base, "barman.log"), "pitr_install_packages": False,
         "backup_schedule_cron_file": cron_file + "_jobs", "backup_schedule_install_packages": False,

@@ -26,8 +26,13 @@ def _replica_number(row):
     return int(row[2]) if len(row) > 2 and row[2].isdigit() else 0
 
 
-def pick(ps_output, project, service):
-    """The running container of the service (the lowest replica number when it is scaled)."""
+def pick(ps_output, project, service, allow_stopped=False):
+    """The running container of the service (the lowest replica number when it is scaled).
+
+    ``allow_stopped`` is for jobs that stop PostgreSQL themselves (point-in-time recovery): a run
+    killed after the stop, or a server that is down, must still find its container to repair or recover
+    it. A running replica is still preferred; else the lowest-numbered stopped one.
+    """
     rows = [line.split("\t") for line in ps_output.splitlines() if line.strip()]
     if not rows:
         raise BackupError(
@@ -36,15 +41,15 @@ def pick(ps_output, project, service):
             "(docker ps --all --filter label=%s=%s)" % (PROJECT_LABEL, project, SERVICE_LABEL, service, PROJECT_LABEL, project)
         )
     running = [row for row in rows if len(row) > 1 and row[1] == "running"]
-    if not running:
+    if not running and not allow_stopped:
         name, state = rows[0][0], rows[0][1] if len(rows[0]) > 1 else "unknown"
         raise BackupError("container %s of service %s (compose project %s) is %s, not running: start the stack "
                           "(docker compose up -d %s)" % (name, service, project, state, service))
-    return sorted(running, key=_replica_number)[0][0]
+    return sorted(running or rows, key=_replica_number)[0][0]
 
 
-def service_container(run_command, project, service):
-    """Name of the running container of ``service`` in compose ``project``; one-line BackupError otherwise."""
+def service_container(run_command, project, service, allow_stopped=False):
+    """Name of the running container of ``service`` in compose ``project`` (or a stopped one with ``allow_stopped``)."""
     docker = shutil.which("docker")
     if docker is None:
         raise BackupError("finding the container of compose service %s needs the docker CLI on PATH: install docker" % service)
@@ -52,4 +57,4 @@ def service_container(run_command, project, service):
     if rc != 0:
         lines = (err or out or "").strip().splitlines()
         raise BackupError("cannot list the containers of compose project %s (docker ps): %s" % (project, lines[-1] if lines else "exit %s" % rc))
-    return pick(out, project, service)
+    return pick(out, project, service, allow_stopped)

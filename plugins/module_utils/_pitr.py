@@ -28,6 +28,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     check_environment,
     fsync_directory,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils._compose import service_container
 
 LATEST = "latest"
 TARGET_RE = re.compile(
@@ -47,6 +48,7 @@ METRICS = (
     ("check_ok", "1 if every 'barman check' passed."),
     ("status_timestamp_seconds", "Unix time these PITR metrics were collected."),
 )
+STOPPED_OK = ("recover", "status")
 
 
 def parse_target(text, now=None):
@@ -339,6 +341,24 @@ class Container(object):
             return None
 
 
+def live_container(params, run_command):
+    """The live PostgreSQL container: ``container``, or the one the compose labels point at (None: status without one).
+
+    Found by labels so Compose v1 and v2 names both work. ``recover`` accepts it stopped (a run killed after
+    stopping it, or a server that died, leaves it so, and the next recover is what repairs it), and so does
+    ``status`` (a server that is down is reported as streaming down, not as a failed measurement).
+    """
+    if params.get("container"):
+        return params["container"]
+    if params.get("compose_service"):
+        return service_container(run_command, params["compose_project"], params["compose_service"],
+                                 allow_stopped=params["state"] in STOPPED_OK)
+    if params["state"] == "status":
+        return None
+    raise BackupError("state=%s needs the live PostgreSQL container: set compose_project and compose_service "
+                      "(minimarket_compose_project, minimarket_db_service)" % params["state"])
+
+
 class Cluster(Container):
     """The live cluster's container and its data volume (where a recovered cluster is swapped in)."""
 
@@ -347,7 +367,7 @@ class Cluster(Container):
         try:
             info = engine.api.inspect_container(container)
         except Exception as exc:
-            raise BackupError("cannot inspect container %s (%s): check minimarket_db_container with 'docker ps -a'" % (container, exc))
+            raise BackupError("cannot inspect container %s (%s): is it still there? check 'docker ps -a'" % (container, exc))
         mounts = [m for m in info.get("Mounts", []) if m.get("Destination") == data_dir]
         if not mounts or mounts[0].get("Type") != "volume":
             raise BackupError("container %s has no volume mounted at %s: set data_dir to its PGDATA" % (container, data_dir))
@@ -392,6 +412,10 @@ def recover(barman, cluster, target, check_content, timeout=600, check_mode=Fals
         cluster.stop()
         result["repaired"] = repair(paths)
         cluster.start()
+        # A server still starting would be taken for a dead one (recovered from the WAL received so far only);
+        # one that cannot start at all is what recovery is for, so that is no failure here.
+        with contextlib.suppress(BackupError):
+            cluster.wait_promoted(timeout)
     wal = cluster.switch_wal()
     if wal:
         barman.wait_archived(wal)

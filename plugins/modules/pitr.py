@@ -15,8 +15,11 @@ description:
   - Barman, in streaming mode (C(pg_basebackup) base backups, C(pg_receivewal) through a replication slot), keeps the
     WAL of the live cluster on the backup host. This module recovers that cluster to a moment, and reports the health of
     the streaming. Barman does all WAL handling; the module decides only what must be safe around it.
+  - The live PostgreSQL container is found by its compose labels (O(compose_project), O(compose_service)), so Compose v1
+    (C(<project>_<service>_1)) and v2 (C(<project>-<service>-1)) names both work; O(container) names it directly instead.
   - O(state=check) parses O(target_time) and finds the base backup to start from, without changing anything. An
     unparseable time, a time in the future, or one before the oldest base backup fails with one line.
+  - O(state=locate) finds the container and its data volume (C(data_path) holds C(pg_hba.conf)), without changing anything.
   - O(state=recover) runs the same checks first, then closes the current WAL segment on the live server and waits for it
     in Barman's archive, runs C(barman recover) into a staging directory beside the data volume's C(_data), stops the
     PostgreSQL container, swaps the staged cluster in by renames (the previous C(_data) is kept as C(_data.pitr-previous)),
@@ -24,7 +27,7 @@ description:
     M(minimarket.backup.pg_split_dump) (O(critical_tables), O(queries)). If any step after the swap fails, the previous
     C(_data) is put back and the container started on it; the rejected copy is left as C(_data.pitr-failed).
   - A journal (C(pitr-swap.json) beside C(_data)) makes a run killed during the swap repairable; the next run puts the
-    previous data back before doing anything else.
+    previous data back and waits for the server to answer on it before doing anything else (returned in C(repaired)).
   - O(state=status) returns the age of the newest WAL received, the live RPO, the end of the newest base backup, whether
     streaming runs and whether C(barman check) passes, and writes them to a textfile-collector file when O(textfile_dir)
     is set.
@@ -46,11 +49,11 @@ attributes:
 options:
   state:
     description:
-      - V(check) validates O(target_time), V(recover) recovers to it, V(verify) recovers a scratch copy and checks it,
-        V(status) reports (and writes) the health metrics.
+      - V(check) validates O(target_time), V(locate) finds the container and its data volume, V(recover) recovers to
+        O(target_time), V(verify) recovers a scratch copy and checks it, V(status) reports (and writes) the health metrics.
     type: str
     default: check
-    choices: [check, recover, verify, status]
+    choices: [check, locate, recover, verify, status]
   config:
     description:
       - Barman configuration file written by the C(minimarket.backup.pitr) role.
@@ -73,7 +76,7 @@ options:
     default: minimarket
   data_dir:
     description:
-      - PGDATA inside O(container); its volume is where the recovered cluster goes.
+      - PGDATA inside the PostgreSQL container; its volume is where the recovered cluster goes.
     type: str
     default: /var/lib/postgresql/data
   critical_tables:
@@ -119,7 +122,11 @@ requirements:
   - docker (Python SDK) on the backup host
 notes:
   - The data volume must use the C(local) driver (its C(_data) directory is renamed).
-  - O(container) is required for O(state=recover), O(state=verify) and O(state=status).
+  - O(state=locate), O(state=recover) and O(state=verify) need the container (O(compose_project) and O(compose_service),
+    or O(container)); O(state=status) without it runs C(psql) on the host.
+  - O(state=recover) and O(state=status) accept a stopped container, unlike the other modules of the collection. Recovery
+    stops PostgreSQL itself, a run killed after that stop leaves it stopped and the next run must find it to repair it,
+    and a server that is down is what recovery is for; status then reports streaming as down.
 """
 
 EXAMPLES = r"""
@@ -130,18 +137,49 @@ EXAMPLES = r"""
     server: minimarket-production
     target_time: "2026-03-14 17:55:00-03"
 
+- name: Find the PostgreSQL container (Compose v1 or v2 name) and the host path of its data volume
+  minimarket.backup.pitr:
+    state: locate
+    config: /etc/minimarket-backup/barman-production.conf
+    server: minimarket-production
+    compose_project: inventario-retail
+    compose_service: postgres
+  register: pitr_db
+
 - name: Recover to that moment
   minimarket.backup.pitr:
     state: recover
     config: /etc/minimarket-backup/barman-production.conf
     server: minimarket-production
     target_time: "2026-03-14 17:55:00-03"
-    container: inventario-retail_postgres_1
+    compose_project: inventario-retail
+    compose_service: postgres
     critical_tables: {ventas: 1}
     queries: ["SELECT count(*) > 0 FROM productos"]
 """
 
 RETURN = r"""
+container:
+  description: The PostgreSQL container, as found by the compose labels (or given).
+  returned: state is locate, recover, verify or status
+  type: str
+  sample: inventario-retail-postgres-1
+volume:
+  description: The container's data volume.
+  returned: state is locate or recover
+  type: str
+  sample: inventario-retail_postgres-data
+repaired:
+  description: What this run first finished of a recovery killed midway (previous data put back, staging removed).
+  returned: state is recover
+  type: list
+  elements: str
+  sample: ["put the data from before an unfinished recovery back into place"]
+data_path:
+  description: Host path of the data volume's C(_data) (the cluster's PGDATA, with C(pg_hba.conf)).
+  returned: state is locate
+  type: str
+  sample: /var/lib/docker/volumes/inventario-retail_postgres-data/_data
 backup_id:
   description: Barman base backup the recovery starts from.
   returned: state is check or recover
@@ -181,6 +219,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (
     Barman,
     Cluster,
     choose_backup,
+    live_container,
     parse_target,
     recover,
     scratch_verify,
@@ -191,31 +230,35 @@ from ansible_collections.minimarket.backup.plugins.module_utils._postgres import
 
 def run(module, barman):
     params = module.params
-    if params["state"] == "status":
-        tools = PgTools(params, run_command=module.run_command)
-        result = status(barman, tools, params["slot_name"], params["environment"], params["textfile_dir"], time.time(),
-                        write=not module.check_mode)
-        result["changed"] = bool(params["textfile_dir"]) and not module.check_mode
-        return result
-    if params["state"] == "verify":
-        return verify_scratch(module, barman)
-    if not params["target_time"]:
-        raise BackupError("target_time is required: YYYY-MM-DD HH:MM:SS[+TZ] or 'latest'")
-    target = parse_target(params["target_time"])
+    target = None
+    if params["state"] in ("check", "recover"):
+        if not params["target_time"]:
+            raise BackupError("target_time is required: YYYY-MM-DD HH:MM:SS[+TZ] or 'latest'")
+        target = parse_target(params["target_time"])
     if params["state"] == "check":
         backup = choose_backup(target, barman.backups())
         return dict(changed=False, backup_id=backup["backup_id"],
                     target_time=target if isinstance(target, str) else target.isoformat(" "))
-    if not params["container"]:
-        raise BackupError("container is required to recover: the PostgreSQL container whose data volume is replaced")
+    if params["state"] == "verify":
+        return verify_scratch(module, barman)
+    params["container"] = live_container(params, module.run_command)
     tools = PgTools(params, run_command=module.run_command)
+    if params["state"] == "status":
+        result = status(barman, tools, params["slot_name"], params["environment"], params["textfile_dir"], time.time(),
+                        write=not module.check_mode)
+        result["changed"] = bool(params["textfile_dir"]) and not module.check_mode
+        result["container"] = params["container"]
+        return result
     cluster = Cluster(Engine(params["docker_host"]), params["container"], params["data_dir"], tools)
+    if params["state"] == "locate":
+        return dict(changed=False, container=params["container"], volume=cluster.volume, data_path=cluster.paths["data"])
 
     def verify():
         return check_content(tools, params["db"], table_rows(tools, params["db"]), params["critical_tables"], params["queries"])
 
     result = recover(barman, cluster, target, verify, timeout=params["timeout"], check_mode=module.check_mode)
     result["changed"] = not module.check_mode
+    result["container"] = params["container"]
     return result
 
 
@@ -225,8 +268,7 @@ def verify_scratch(module, barman):
     target = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=params["verify_minutes"])
     if module.check_mode:
         return dict(changed=False, backup_id=choose_backup(target, barman.backups())["backup_id"], target_time=target.isoformat(" "))
-    if not params["container"]:
-        raise BackupError("container is required to verify: the live PostgreSQL container (its image runs the scratch copy)")
+    params["container"] = live_container(params, module.run_command)
     engine = Engine(params["docker_host"])
     live = Cluster(engine, params["container"], params["data_dir"], PgTools(params, run_command=module.run_command))
     wal = live.switch_wal()
@@ -245,13 +287,14 @@ def verify_scratch(module, barman):
     result = scratch_verify(barman, engine, image, (st.st_uid, st.st_gid), workdir, target, make_tools, checks,
                             timeout=params["timeout"])
     result["changed"] = False
+    result["container"] = params["container"]
     return result
 
 
 def main():
     argument_spec = postgres_common_argument_spec()
     argument_spec.update(
-        state=dict(type="str", default="check", choices=["check", "recover", "verify", "status"]),
+        state=dict(type="str", default="check", choices=["check", "locate", "recover", "verify", "status"]),
         config=dict(type="path", required=True),
         server=dict(type="str", required=True),
         target_time=dict(type="str"),
@@ -266,7 +309,9 @@ def main():
         textfile_dir=dict(type="path"),
         docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=[("container", "compose_service")],
+                           required_together=[("compose_project", "compose_service")])
     barman = Barman(module.params["config"], module.params["server"], module.run_command)
     try:
         result = run(module, barman)

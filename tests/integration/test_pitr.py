@@ -3,6 +3,8 @@
 schedule.yml with PITR on sets up streaming and the first base backup; recover_database.yml with
 target_time recovers under continuous writes to a moment; bad targets are refused before anything
 stops; a recovery that fails its checks leaves the live database as it was; PITR off removes it all.
+The stack names its containers the Compose v2 way and no container name is given: everything goes
+through the compose labels (minimarket_compose_project, minimarket_db_service).
 """
 import json
 import os
@@ -33,7 +35,6 @@ class Pitr(object):
         self.settings = {
             "minimarket_pitr_enabled": True,
             "minimarket_compose_project": stack.project,
-            "minimarket_db_container": stack.containers["postgres"],
             "minimarket_pitr_db_port": stack.port,
             "minimarket_backup_root": self.root,
             "pitr_config_dir": self.etc,
@@ -44,7 +45,7 @@ class Pitr(object):
             "backup_schedule_install_packages": False,
         }
         self.env = {"MINIMARKET_PROJECT": stack.project, "MINIMARKET_PG_PORT": str(stack.port),
-                    "MINIMARKET_DB_PASSWORD": stack.password}
+                    "MINIMARKET_DB_PASSWORD": stack.password, "MINIMARKET_NAME_SEPARATOR": stack.env["MINIMARKET_NAME_SEPARATOR"]}
 
     def play(self, playbook, *extra, **settings):
         values = dict(self.settings, **settings)
@@ -71,7 +72,8 @@ class Pitr(object):
 
 @pytest.fixture(scope="module")
 def pitr(tmp_path_factory):
-    stack = ComposeStack("mmtest-%s" % uuid.uuid4().hex[:8], free_port(), "pw-" + uuid.uuid4().hex[:12], seed_rows=300)
+    stack = ComposeStack("mmtest-%s" % uuid.uuid4().hex[:8], free_port(), "pw-" + uuid.uuid4().hex[:12], seed_rows=300,
+                         naming="v2")
     handle = Pitr(stack, str(tmp_path_factory.mktemp("pitr")))
     try:
         stack.up()
@@ -275,6 +277,64 @@ def test_latest_with_the_server_gone_keeps_what_streaming_received(pitr):
     assert rc == 0, out
     assert "recovering with the WAL received so far (including the unfinished segment %s)" % name in out, out
     assert pitr.sql("SELECT what FROM last_words") == [("sold at 17:59",)]
+
+
+class MinuteCron(object):
+    """The production ``barman cron`` tick (this machine runs no cron daemon): receive-wal died with PostgreSQL.
+
+    Once the repair is done (journal gone) and PostgreSQL is back, tick until receive-wal streams again, then
+    stop, so no tick races the recovery's own streaming reset afterwards.
+    """
+
+    def __init__(self, pitr, journal):
+        self.pitr = pitr
+        self.journal = journal
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run)
+
+    def run(self):
+        while not self.stop.wait(2):
+            if os.path.exists(self.journal) or not self.pitr.started_at("postgres").startswith("true"):
+                continue
+            self.pitr.barman("-q", "cron")
+            if "receive-wal running: OK" in self.pitr.barman("check", "minimarket-development").stdout:
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def test_a_recovery_killed_in_the_swap_is_repaired_by_the_next_run_which_finds_the_stopped_container(pitr):
+    """What SIGKILL between the swap's two renames leaves: PostgreSQL stopped, _data moved aside, staging, the journal.
+
+    The next run finds the stopped container by its Compose v2 labels, puts the data back, then recovers.
+    """
+    pitr.sql("CREATE TABLE before_the_kill AS SELECT 'kept'::text AS what")
+    volume = pitr.stack.volumes["postgres-data"]
+    data = subprocess.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", volume],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    parent = os.path.dirname(data)
+    subprocess.run(["docker", "stop", pitr.stack.containers["postgres"]], check=True, capture_output=True)
+    os.mkdir(os.path.join(parent, "_data.pitr-staging"))
+    with open(os.path.join(parent, "pitr-swap.json"), "w") as handle:
+        json.dump({"state": "swapping", "at": time.time()}, handle)
+    os.rename(data, os.path.join(parent, "_data.pitr-previous"))
+
+    with MinuteCron(pitr, os.path.join(parent, "pitr-swap.json")):
+        rc, out = pitr.play("recover_database.yml", "-e", "confirm=yes", "-e", "target_time=latest")
+    assert rc == 0, out
+    assert pitr.stack.containers["postgres"] == pitr.stack.project + "-postgres-1"
+    assert ("put the data from before an unfinished recovery back into place; removed a leftover staging directory "
+            "(left by an interrupted run); database minimarket in container %s recovered to latest"
+            % pitr.stack.containers["postgres"]) in out, out
+    assert pitr.sql("SELECT what FROM before_the_kill") == [("kept",)]
+    assert sorted(os.listdir(parent)) == ["_data"]
+    assert pitr.started_at("postgres").startswith("true")
 
 
 def test_a_recovery_that_fails_its_checks_leaves_the_live_database_as_it_was(pitr):

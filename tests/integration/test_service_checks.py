@@ -50,7 +50,7 @@ def test_weekly_backup_keeps_the_online_services_running_and_verify_asks_them(co
     volumes = [stack.volumes[v] for v in ("postgres-data", "grafana-data", "prometheus-data", "loki-data", "redis-data")]
     extra = {
         "minimarket_backup_root": str(tmp_path), "minimarket_compose_project": stack.project,
-        "minimarket_db_container": stack.containers["postgres"], "minimarket_volumes": volumes,
+        "minimarket_volumes": volumes,
         "minimarket_volume_consistency": {stack.volumes["redis-data"]: "redis", stack.volumes["prometheus-data"]: "prometheus",
                                           stack.volumes["grafana-data"]: "sqlite"},
         "backup_verify_database": False,

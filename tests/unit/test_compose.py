@@ -59,3 +59,19 @@ def test_pg_tools_resolve_the_container_once_on_first_use(monkeypatch):
     assert tools.argv("psql", [])[-2:] == ["shop-postgres-1", "psql"]
     assert tools.container == "shop-postgres-1"
     assert len(calls) == 1 and calls[0][1] == "ps"
+
+
+@pytest.mark.parametrize("name", ["inventario-retail_postgres_1", "inventario-retail-postgres-1"])
+def test_allow_stopped_finds_the_container_a_killed_recovery_left_stopped(name):
+    assert pick("%s\texited\t1\n" % name, "inventario-retail", "postgres", allow_stopped=True) == name
+
+
+def test_allow_stopped_still_prefers_a_running_replica_then_the_lowest_number():
+    out = "p-postgres-1\texited\t1\np-postgres-2\trunning\t2\n"
+    assert pick(out, "p", "postgres", allow_stopped=True) == "p-postgres-2"
+    assert pick("p-postgres-3\texited\t3\np-postgres-2\tcreated\t2\n", "p", "postgres", allow_stopped=True) == "p-postgres-2"
+
+
+def test_allow_stopped_still_refuses_when_no_container_has_the_labels():
+    with pytest.raises(BackupError, match="^no container with labels com.docker.compose.project=p and "):
+        pick("", "p", "postgres", allow_stopped=True)

@@ -11,7 +11,9 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (
     LATEST,
     choose_backup,
     commit,
+    live_container,
     parse_target,
+    recover,
     render_metrics,
     repair,
     rpo_seconds,
@@ -131,3 +133,107 @@ def test_metrics_are_valid_for_promtool(tmp_path):
     assert 'minimarket_backup_pitr_last_base_backup_timestamp_seconds{environment="production"} 0' in text
     proc = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stdout + proc.stderr
+
+
+def docker_ps(state):
+    """A runner answering ``docker ps`` as for a Compose v2 stack whose PostgreSQL container is in ``state``."""
+    calls = []
+
+    def runner(argv, **_kwargs):
+        calls.append(argv)
+        return 0, "inventario-retail-postgres-1\t%s\t1\n" % state, ""
+    return runner, calls
+
+
+def labels(state):
+    return dict(state=state, container=None, compose_project="inventario-retail", compose_service="postgres")
+
+
+@pytest.mark.parametrize("state", ["recover", "status"])
+def test_recover_and_status_find_the_container_stopped(monkeypatch, state):
+    """A recovery killed after stopping PostgreSQL leaves it stopped; the next run must find it to repair it."""
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
+    runner, calls = docker_ps("exited")
+    assert live_container(labels(state), runner) == "inventario-retail-postgres-1"
+    assert "label=com.docker.compose.service=postgres" in calls[0]
+
+
+@pytest.mark.parametrize("state", ["locate", "verify"])
+def test_the_other_states_want_it_running(monkeypatch, state):
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
+    with pytest.raises(BackupError, match="^container inventario-retail-postgres-1 of service postgres .* is exited, not running"):
+        live_container(labels(state), docker_ps("exited")[0])
+
+
+def test_a_given_container_is_used_without_asking_docker():
+    runner, calls = docker_ps("running")
+    assert live_container(dict(labels("recover"), container="db", compose_service=None), runner) == "db"
+    assert calls == []
+
+
+def test_without_a_container_status_runs_natively_and_recover_names_the_settings():
+    params = dict(labels("status"), compose_project=None, compose_service=None)
+    assert live_container(params, docker_ps("running")[0]) is None
+    with pytest.raises(BackupError) as info:
+        live_container(dict(params, state="recover"), docker_ps("running")[0])
+    assert str(info.value) == ("state=recover needs the live PostgreSQL container: set compose_project and compose_service "
+                               "(minimarket_compose_project, minimarket_db_service)")
+
+
+class FakeCluster(object):
+    """The live container as ``recover`` sees it: a log of what was done to it, SQL answered only once it is up.
+
+    ``comes_up=False``: the data put back does not start (the recovered cluster then does).
+    """
+
+    def __init__(self, paths, comes_up=True):
+        self.paths, self.volume, self.comes_up, self.log, self.up = paths, "pgdata", comes_up, [], False
+
+    def stop(self):
+        self.log.append("stop")
+        self.up = False
+
+    def start(self):
+        self.log.append("start")
+
+    def wait_promoted(self, _timeout):
+        self.log.append("wait")
+        if not self.comes_up and self.log.count("wait") == 1:
+            raise BackupError("PostgreSQL stopped during recovery: PANIC: could not locate a valid checkpoint record")
+        self.up = True
+
+    def switch_wal(self):
+        self.log.append("switch_wal")
+        return "000000010000000000000007" if self.up else None
+
+
+class FakeBarman(object):
+    server = "minimarket-production"
+
+    def backups(self):
+        return BACKUPS
+
+    def wait_archived(self, wal):
+        assert wal == "000000010000000000000007"
+
+    def recover(self, _backup_id, dest, _target):
+        os.makedirs(os.path.join(dest, "pg_wal"))
+
+    def json(self, *_args):
+        return {}
+
+
+@pytest.mark.parametrize("comes_up", [True, False])
+def test_a_rerun_waits_for_the_repaired_server_before_closing_its_wal(tmp_path, comes_up):
+    """After putting the previous data back, a server still starting must not be taken for a dead one."""
+    paths = make_volume(tmp_path)
+    os.rename(paths["data"], paths["previous"])
+    with open(paths["journal"], "w") as handle:
+        json.dump({"state": "swapping"}, handle)
+    cluster = FakeCluster(paths, comes_up)
+    result = recover(FakeBarman(), cluster, LATEST, lambda: ([], []), timeout=5)
+    assert cluster.log[:4] == ["stop", "start", "wait", "switch_wal"]
+    assert result["repaired"] == ["put the data from before an unfinished recovery back into place",
+                                  "removed a leftover staging directory"]
+    assert ("warnings" in result) is not comes_up
+    assert sorted(os.listdir(tmp_path)) == ["_data"]
