@@ -29,6 +29,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     fsync_directory,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._compose import service_container
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import VerifyFailed
 
 LATEST = "latest"
 TARGET_RE = re.compile(
@@ -498,7 +499,8 @@ def scratch_verify(barman, engine, image, owner, workdir, target, make_tools, ch
     """Recover ``target`` into ``workdir`` and start it in a throwaway container (no network); check it; remove both.
 
     The live cluster and its volume are never touched. ``make_tools(container)`` returns PgTools for
-    that container; ``check_content(tools)`` returns (checks, problems).
+    that container; ``check_content(tools)`` returns (checks, problems). A failure once the base backup
+    is chosen is a VerifyFailed carrying the target, the backup and the checks, for the verification report.
     """
     started = time.time()
     backup = choose_backup(target, barman.backups())
@@ -518,6 +520,8 @@ def scratch_verify(barman, engine, image, owner, workdir, target, make_tools, ch
         tools = make_tools(container)
         Container(engine, container, tools).wait_promoted(timeout)
         result["checks"], problems = check_content(tools)
+    except BackupError as exc:
+        raise VerifyFailed(str(exc), dict(result, duration=round(time.time() - started, 3)))
     finally:
         if container:
             with contextlib.suppress(Exception):
@@ -525,6 +529,6 @@ def scratch_verify(barman, engine, image, owner, workdir, target, make_tools, ch
         _remove(workdir)
     result["duration"] = round(time.time() - started, 3)
     if problems:
-        raise BackupError("point-in-time recovery to %s (base backup %s) failed verification: %s"
-                          % (result["target_time"], backup["backup_id"], "; ".join(problems[:3])))
+        raise VerifyFailed("point-in-time recovery to %s (base backup %s) failed verification: %s"
+                           % (result["target_time"], backup["backup_id"], "; ".join(problems[:3])), result)
     return result

@@ -57,6 +57,12 @@ def check_specs(checks):
     return specs
 
 
+def not_asked(specs, reason):
+    """Every check failed with ``reason`` when the services could not be asked at all: none of them counts as verified."""
+    return [{"service": spec["service"], "kind": spec["kind"], "ok": False, "checks": [],
+             "msg": "%s was not asked: %s" % (spec["service"], reason)} for spec in specs]
+
+
 def _wait(deadline, attempt):
     """Call ``attempt`` until it returns a value or the deadline passes; raises its last ServiceError then."""
     while True:

@@ -19,8 +19,13 @@ description:
     C(minimarket_backup_last_duration_seconds), C(minimarket_backup_last_size_bytes) (successful runs only) and
     C(minimarket_backup_last_verification_ok) (V(1) or V(0)). A timestamp never recorded is V(0), so an alert on the age of
     the last success also fires for a backup that never succeeded.
-  - The existing file is read first and only the series of this O(kind) are changed, so the last success survives later
-    failures and the other kinds are kept. Lines that are not ours are dropped with a warning.
+  - A verification (O(kind=verify)) also records what its checks found, with the time of the run as their timestamp. Per
+    service started on the restored volumes (labels C(service) and C(environment), from O(service_checks))
+    C(minimarket_backup_service_check_ok) (V(1) or V(0)) and C(minimarket_backup_service_check_timestamp_seconds); for the
+    point-in-time recovery drill (label C(environment), from O(pitr_verified)) C(minimarket_backup_pitr_verification_ok)
+    and C(minimarket_backup_pitr_verification_timestamp_seconds).
+  - The existing file is read first and only the series of this O(kind) (and of the checks given) are changed, so the last
+    success survives later failures and the other kinds are kept. Lines that are not ours are dropped with a warning.
   - The file is replaced atomically (written as C(.partial), then renamed) with mode C(0644), under an exclusive lock on the
     directory, so a scrape never sees a half-written file and concurrent runs do not lose each other's update.
 author:
@@ -84,6 +89,18 @@ options:
         C(repaired) list of M(minimarket.backup.pg_split_dump) and M(minimarket.backup.docker_volume_archive)); sets
         C(minimarket_backup_last_repairs).
     type: int
+  service_checks:
+    description:
+      - O(kind=verify) only. The C(services) list that M(minimarket.backup.service_check) returned, failed or not; each
+        entry needs C(service) and C(ok). Its services replace the environment's earlier service series, so a service no
+        longer checked disappears; omitted, they stay as they were.
+    type: list
+    elements: dict
+  pitr_verified:
+    description:
+      - O(kind=verify) only. Whether the point-in-time recovery drill passed (M(minimarket.backup.pitr) with
+        O(minimarket.backup.pitr#module:state=verify)); omitted (no drill in this run), its series stay as they were.
+    type: bool
 """
 
 EXAMPLES = r"""
@@ -96,13 +113,15 @@ EXAMPLES = r"""
     duration: "{{ database_backup_result.duration }}"
     size: "{{ database_backup_result.size }}"
 
-- name: Record a failed verification
+- name: Record a failed verification and what each check found
   minimarket.backup.backup_metrics:
     textfile_dir: /var/lib/prometheus/node-exporter
     kind: verify
     environment: production
     status: failure
     verified: false
+    service_checks: "{{ service_check_result.services }}"
+    pitr_verified: "{{ pitr_verify_result is not failed }}"
 """
 
 RETURN = r"""
@@ -112,7 +131,10 @@ path:
   type: str
   sample: /var/lib/prometheus/node-exporter/minimarket_backup_production.prom
 metrics:
-  description: The samples of this kind and environment after the run, by metric name without the C(minimarket_backup_) prefix.
+  description:
+    - The samples of this kind and environment after the run, by metric name without the C(minimarket_backup_) prefix.
+    - With O(service_checks), C(service_check_ok) maps each service to V(1) or V(0); with O(pitr_verified),
+      C(pitr_verification_ok) is V(1) or V(0).
   returned: always
   type: dict
   sample:
@@ -142,6 +164,8 @@ def main():
             verified=dict(type="bool"),
             timestamp=dict(type="float"),
             repairs=dict(type="int"),
+            service_checks=dict(type="list", elements="dict"),
+            pitr_verified=dict(type="bool"),
         ),
         supports_check_mode=True,
     )
@@ -151,7 +175,7 @@ def main():
         before, after, samples, ignored = update_file(
             path, params["kind"], params["environment"], params["status"], timestamp=params["timestamp"],
             duration=params["duration"], size=params["size"], verified=params["verified"], write=not module.check_mode,
-            repairs=params["repairs"],
+            repairs=params["repairs"], service_checks=params["service_checks"], pitr_verified=params["pitr_verified"],
         )
     except BackupError as exc:
         module.fail_json(msg=str(exc))

@@ -182,22 +182,22 @@ data_path:
   sample: /var/lib/docker/volumes/inventario-retail_postgres-data/_data
 backup_id:
   description: Barman base backup the recovery starts from.
-  returned: state is check or recover
+  returned: state is check, recover or verify (verify also when it failed once the base backup was chosen)
   type: str
   sample: 20260314T013000
 target_time:
   description: The target as understood (ISO 8601 with offset), or V(latest).
-  returned: state is check or recover
+  returned: state is check, recover or verify (verify also when it failed once the base backup was chosen)
   type: str
   sample: "2026-03-14 17:55:00-03:00"
 checks:
   description: Result of each check on the recovered database.
-  returned: state is recover or verify
+  returned: state is recover or verify (verify also when its checks failed)
   type: list
   elements: dict
 duration:
   description: Seconds the whole recovery took.
-  returned: state is recover and it succeeded
+  returned: state is recover and it succeeded, or verify (also when it failed once the base backup was chosen)
   type: float
 metrics:
   description: Health values, by metric name without the C(minimarket_backup_pitr_) prefix.
@@ -214,7 +214,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine
-from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import check_content, table_rows
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import VerifyFailed, check_content, table_rows
 from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (
     Barman,
     Cluster,
@@ -315,6 +315,8 @@ def main():
     barman = Barman(module.params["config"], module.params["server"], module.run_command)
     try:
         result = run(module, barman)
+    except VerifyFailed as exc:
+        module.fail_json(msg=str(exc), **exc.result)
     except BackupError as exc:
         module.fail_json(msg=str(exc))
     for warning in result.pop("warnings", []):

@@ -129,7 +129,10 @@ archive:
   returned: state=scratch
   type: str
 services:
-  description: Per check C(service), C(kind), C(ok), C(checks) (what was asked and found) and C(msg) when it failed.
+  description:
+    - Per check C(service), C(kind), C(ok), C(checks) (what was asked and found) and C(msg) when it failed.
+    - When the services could not be asked at all (for example the scratch project did not start), every check is
+      there with C(ok=false) and the reason, so none counts as verified.
   returned: always
   type: list
   elements: dict
@@ -184,9 +187,12 @@ def main():
                              "or apt install python3-docker) for the Python Ansible uses", exception=DOCKER_IMPORT_ERROR)
     p = module.params
     try:
-        sc.check_specs(p["checks"])
-        if p["state"] == "scratch" and module.check_mode:
-            module.exit_json(changed=False, project=p["project"], services=[], msg="check mode: no scratch project started")
+        specs = sc.check_specs(p["checks"])
+    except BackupError as exc:
+        module.fail_json(msg=str(exc))
+    if p["state"] == "scratch" and module.check_mode:
+        module.exit_json(changed=False, project=p["project"], services=[], msg="check mode: no scratch project started")
+    try:
         engine = Engine(p["docker_host"])
         if p["state"] == "live":
             result = sc.live(engine, p["project"], p["checks"], p["src"], p["dest"], p["environment"], p["timeout"])
@@ -194,7 +200,7 @@ def main():
             result = sc.scratch(engine, compose_command(module), p["project"], p["compose_file"], p["checks"], p["src"],
                                 p["dest"], p["environment"], p["age_identity_file"], p["timeout"])
     except BackupError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=str(exc), project=p["project"], services=sc.not_asked(specs, exc))
     for warning in result.pop("warnings", []):
         module.warn(warning)
     failure = result.pop("failure")

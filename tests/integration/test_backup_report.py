@@ -91,10 +91,15 @@ def metrics(tmp_path):
     assert check.returncode == 0 and not check.stdout + check.stderr, check.stdout + check.stderr
     samples = {}
     for line in path.read_text().splitlines():
-        match = re.match(r'^minimarket_backup_(\w+)\{kind="(\w+)",environment="development"\} (\S+)$', line)
+        match = re.match(r'^minimarket_backup_(\w+)\{(kind|service)="(\w+)",environment="development"\} (\S+)$', line)
         if match:
-            samples[(match.group(2), match.group(1))] = float(match.group(3))
+            samples[(match.group(3), match.group(1))] = float(match.group(4))
     return samples
+
+
+def newest_report(tmp_path):
+    reports = tmp_path / "root" / "reports"
+    return json.loads((reports / sorted(os.listdir(reports))[-1]).read_text())
 
 
 def test_failed_backup_is_recorded_notified_and_still_fails_with_its_own_error(tmp_path, receiver):
@@ -187,6 +192,16 @@ def test_failed_verification_sets_verification_ok_to_zero(tmp_path, receiver):
     samples = metrics(tmp_path)
     assert samples[("verify", "last_verification_ok")] == 0
     assert samples[("verify", "last_success_timestamp_seconds")] == 0
+    # No volume archive: the scratch project never started, so no service counts as verified.
+    failed_at = samples[("verify", "last_failure_timestamp_seconds")]
+    for service in ("redis", "prometheus", "grafana", "loki"):
+        assert samples[(service, "service_check_ok")] == 0, service
+        assert samples[(service, "service_check_timestamp_seconds")] == failed_at, service
+    report = newest_report(tmp_path)
+    assert report["ok"] is False and report["pitr"] == {"skipped": True}
+    assert [(s["service"], s["ok"]) for s in report["services"]["services"]] == [
+        ("redis", False), ("prometheus", False), ("grafana", False), ("loki", False)]
+    assert report["services"]["services"][0]["msg"].startswith("redis was not asked: no complete volumes backup for environment")
 
 
 def test_module_check_mode_shows_the_diff_and_writes_nothing(tmp_path):
@@ -213,8 +228,13 @@ def test_passed_verification_sets_verification_ok_to_one_after_a_failure(tmp_pat
     rc, out = run("verify_backups.yml", tmp_path)
     assert rc == 2, out
     # Nothing to check is a pass of the report step: the success path of the playbook, without the stack.
+    failed = metrics(tmp_path)
     rc, out = run("verify_backups.yml", tmp_path, "-e", "backup_verify_database=false", "-e", "backup_verify_volumes=false")
     assert rc == 0, out
     samples = metrics(tmp_path)
     assert samples[("verify", "last_verification_ok")] == 1
     assert samples[("verify", "last_success_timestamp_seconds")] > samples[("verify", "last_failure_timestamp_seconds")] > 0
+    # This run checked no service: the services keep what the failed run found.
+    assert dict((key, value) for key, value in samples.items() if key[0] == "redis") == {
+        ("redis", "service_check_ok"): 0, ("redis", "service_check_timestamp_seconds"): failed[("verify", "last_failure_timestamp_seconds")]}
+    assert newest_report(tmp_path)["ok"] is True

@@ -26,16 +26,20 @@ def metric_names(expr):
     return set(re.findall(r"\bminimarket_backup_\w+", expr))
 
 
-def test_rules_are_valid_and_cover_the_five_alerts():
+def test_rules_are_valid_and_cover_the_nine_alerts():
     out = promtool("check", "rules", "minimarket_backup_rules.yml")
-    assert "SUCCESS: 5 rules found" in out
+    assert "SUCCESS: 9 rules found" in out
     with open(os.path.join(PROMETHEUS, "minimarket_backup_rules.yml")) as handle:
         rules = {rule["alert"]: rule for group in yaml.safe_load(handle)["groups"] for rule in group["rules"]}
     assert set(rules) == {"MinimarketDatabaseBackupMissing", "MinimarketVolumeBackupMissing", "MinimarketBackupVerificationFailed",
-                          "MinimarketPitrRpoHigh", "MinimarketPitrStreamingStopped"}
+                          "MinimarketServiceCheckFailed", "MinimarketServiceCheckMissing", "MinimarketPitrVerificationFailed",
+                          "MinimarketPitrVerificationMissing", "MinimarketPitrRpoHigh", "MinimarketPitrStreamingStopped"}
     assert "> 300" in rules["MinimarketPitrRpoHigh"]["expr"]
     assert "26 * 3600" in rules["MinimarketDatabaseBackupMissing"]["expr"]
     assert "8 * 86400" in rules["MinimarketVolumeBackupMissing"]["expr"]
+    assert rules["MinimarketServiceCheckFailed"]["expr"] == PREFIX + "service_check_ok == 0"
+    assert rules["MinimarketPitrVerificationFailed"]["expr"] == PREFIX + "pitr_verification_ok == 0"
+    assert "8 * 86400" in rules["MinimarketServiceCheckMissing"]["expr"] and "8 * 86400" in rules["MinimarketPitrVerificationMissing"]["expr"]
     for rule in rules.values():
         assert metric_names(rule["expr"]) <= OURS, rule["expr"]
 
@@ -45,13 +49,14 @@ def test_rule_unit_tests_pass():
     assert "SUCCESS" in out
 
 
-def test_dashboard_shows_age_size_and_verification_of_our_metrics(tmp_path):
+def test_dashboard_shows_age_size_verification_and_drills_of_our_metrics(tmp_path):
     with open(DASHBOARD, encoding="utf-8") as handle:
         dashboard = json.load(handle)
     assert dashboard["uid"] == "minimarket-backup"
     panels = {panel["title"]: panel for panel in dashboard["panels"]}
     assert {"Age of the last successful backup", "Backup age over time", "Backup size over time", "Last verification",
-            "PITR: live RPO", "PITR: age of the last base backup", "PITR: streaming and barman check"} <= set(panels)
+            "PITR: live RPO", "PITR: age of the last base backup", "PITR: streaming and barman check",
+            "Verification drills: services and PITR", "Age of the last verification drills"} <= set(panels)
     queries = {title: [target["expr"] for target in panel["targets"]] for title, panel in panels.items()}
     assert all(queries.values())
     used = set()
@@ -67,6 +72,11 @@ def test_dashboard_shows_age_size_and_verification_of_our_metrics(tmp_path):
     assert "time() - " in queries["PITR: age of the last base backup"][0]
     assert [PITR_PREFIX + "streaming_up" in queries["PITR: streaming and barman check"][0],
             PITR_PREFIX + "check_ok" in queries["PITR: streaming and barman check"][1]] == [True, True]
+    drills, ages = queries["Verification drills: services and PITR"], queries["Age of the last verification drills"]
+    assert [metric_names(expr) for expr in drills] == [{PREFIX + "service_check_ok"}, {PREFIX + "pitr_verification_ok"}]
+    assert [metric_names(expr) for expr in ages] == [{PREFIX + "service_check_timestamp_seconds"},
+                                                     {PREFIX + "pitr_verification_timestamp_seconds"}]
+    assert all(expr.startswith("time() - ") for expr in ages) and "by (environment, service)" in drills[0]
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     # promtool parses every query (as a recording rule, with the dashboard variable filled in).

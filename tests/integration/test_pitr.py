@@ -6,6 +6,7 @@ stops; a recovery that fails its checks leaves the live database as it was; PITR
 The stack names its containers the Compose v2 way and no container name is given: everything goes
 through the compose labels (minimarket_compose_project, minimarket_db_service).
 """
+import datetime
 import json
 import os
 import random
@@ -187,18 +188,56 @@ def test_pitr_status_writes_the_health_for_prometheus(pitr, tmp_path):
     assert re.search(r"Take the first base backup at once\] \*+\nskipping", out), out  # idempotent: no second one
 
 
-def test_verify_backups_recovers_a_scratch_copy_and_leaves_the_live_cluster_alone(pitr):
+def newest_report(pitr):
+    reports = os.path.join(pitr.root, "reports")
+    with open(os.path.join(reports, sorted(os.listdir(reports))[-1])) as handle:
+        return json.load(handle)
+
+
+def drill_metrics(textfile_dir):
+    path = os.path.join(textfile_dir, "minimarket_backup_development.prom")
+    with open(path, "rb") as handle:
+        proc = subprocess.run(["promtool", "check", "metrics"], stdin=handle, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and not proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    samples = {}
+    for line in open(path).read().splitlines():
+        match = re.match(r'^minimarket_backup_(\w+)\{(?:kind="verify",)?environment="development"\} (\S+)$', line)
+        if match:
+            samples[match.group(1)] = float(match.group(2))
+    return samples
+
+
+def test_verify_backups_recovers_a_scratch_copy_and_leaves_the_live_cluster_alone(pitr, tmp_path):
     before = pitr.started_at("postgres")
     helpers = ["docker", "ps", "-aq", "--filter", "label=minimarket.backup.helper=1", "--filter", "ancestor=minimarket/postgres:15"]
     existing = subprocess.run(helpers, capture_output=True, text=True, check=True).stdout.split()
     skip_dumps = ["-e", "backup_verify_database=false", "-e", "backup_verify_volumes=false", "-e", "pitr_verify_minutes=0"]
-    rc, out = pitr.play("verify_backups.yml", *skip_dumps)
+    metrics = {"minimarket_metrics_enabled": True, "minimarket_metrics_textfile_dir": str(tmp_path)}
+    started = time.time()
+    rc, out = pitr.play("verify_backups.yml", *skip_dumps, **metrics)
     assert rc == 0, out
     assert "point-in-time recovery verified: " in out and "8 checks passed" in out, out
+    report = newest_report(pitr)
+    drill = report["pitr"]
+    assert report["ok"] is True and drill["ok"] is True and report["services"] == {"skipped": True}, report
+    assert started - 1 < datetime.datetime.fromisoformat(drill["target_time"]).timestamp() < time.time()
+    assert [check["ok"] for check in drill["checks"]] == [True] * 8 and drill["backup_id"] and "msg" not in drill, drill
+    samples = drill_metrics(str(tmp_path))
+    assert samples["pitr_verification_ok"] == 1 and samples["last_verification_ok"] == 1, samples
+    assert samples["pitr_verification_timestamp_seconds"] == samples["last_success_timestamp_seconds"] > started, samples
 
-    rc, out = pitr.play("verify_backups.yml", *skip_dumps, minimarket_verify_queries=["SELECT count(*) < 0 FROM productos"])
+    rc, out = pitr.play("verify_backups.yml", *skip_dumps, minimarket_verify_queries=["SELECT count(*) < 0 FROM productos"], **metrics)
     assert rc == 2, out
-    assert "failed verification: query 'SELECT count(*) < 0 FROM productos' returned 'f', not true" in out, out
+    failure = [line for line in out.splitlines() if line.startswith("fatal:")][-1]
+    drill = newest_report(pitr)["pitr"]
+    assert ("point-in-time drill: point-in-time recovery to %s (base backup %s) failed verification: query "
+            "'SELECT count(*) < 0 FROM productos' returned 'f', not true" % (drill["target_time"], drill["backup_id"])) in failure, out
+    assert drill["ok"] is False and drill["failed"] is True and drill["msg"] in failure, drill
+    assert [(check["check"], check["ok"]) for check in drill["checks"]][-1] == ("SELECT count(*) < 0 FROM productos", False)
+    assert datetime.datetime.fromisoformat(drill["target_time"]).timestamp() > samples["pitr_verification_timestamp_seconds"]
+    failed = drill_metrics(str(tmp_path))
+    assert failed["pitr_verification_ok"] == 0 and failed["last_verification_ok"] == 0, failed
+    assert failed["pitr_verification_timestamp_seconds"] == failed["last_failure_timestamp_seconds"] > samples["last_success_timestamp_seconds"]
     assert pitr.started_at("postgres") == before
     assert subprocess.run(helpers, capture_output=True, text=True, check=True).stdout.split() == existing
     assert sorted(n for n in os.listdir(os.path.join(pitr.root, "pitr")) if not n.startswith(".")) == ["minimarket-development"]

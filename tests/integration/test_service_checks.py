@@ -5,6 +5,7 @@ their own volumes and containers under a project name of their own that is never
 """
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -83,11 +84,17 @@ def test_weekly_backup_keeps_the_online_services_running_and_verify_asks_them(co
     assert os.listdir(docker("volume", "inspect", "-f", "{{.Mountpoint}}", stack.volumes["prometheus-data"]) + "/snapshots") == []
     assert "consistency: %s stop, %s sqlite" % (volumes[0], volumes[1]) in proc.stdout
 
+    textfile_dir = tmp_path / "prom"
+    textfile_dir.mkdir()
+    extra.update(minimarket_metrics_enabled=True, minimarket_metrics_textfile_dir=str(textfile_dir))
     proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/verify_backups.yml", "-e", json.dumps(extra))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "reports" / sorted(os.listdir(tmp_path / "reports"))[-1]).read_text())
     services = dict((s["service"], s) for s in report["services"]["services"])
     assert all(s["ok"] for s in services.values()), services
+    passed = service_metrics(textfile_dir)
+    assert passed["ok"] == {"redis": 1, "prometheus": 1, "grafana": 1, "loki": 1}, passed
+    assert set(passed["timestamp_seconds"].values()) == {passed["verified_at"]}, passed
     assert "canary %s as written before the backup" % redis["canary_key"] in " ".join(services["redis"]["checks"])
     assert "up at backup time returns the" in " ".join(services["prometheus"]["checks"])
     assert services["grafana"]["checks"] == ["integrity_check ok", "dashboard: 3 rows, as in the backup"]
@@ -101,6 +108,34 @@ def test_weekly_backup_keeps_the_online_services_running_and_verify_asks_them(co
     assert [s["checks"][-1] for s in live["services"]] == [
         "no canary to compare (no volume archive given)", "up now returns 4 series", "dashboard: 3 rows (at least 1 expected)",
         "/ready answered HTTP 200"]
+
+    # A service that fails its check on the restored volumes is 0 in the metrics, the others stay 1, and the play fails.
+    extra["minimarket_service_checks"] = [dict(check, min_rows=4) if check["service"] == "grafana" else check for check in CHECKS]
+    proc = ansible("ansible-playbook", "-i", "inventories/development", "playbooks/verify_backups.yml", "-e", json.dumps(extra))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "services: service check failed: grafana: dashboard has 3 rows, at least 4 expected;" in proc.stdout, proc.stdout
+    failed = service_metrics(textfile_dir)
+    assert failed["ok"] == {"redis": 1, "prometheus": 1, "grafana": 0, "loki": 1}, failed
+    assert set(failed["timestamp_seconds"].values()) == {failed["failed_at"]} and failed["failed_at"] > passed["verified_at"], failed
+    assert scratch_objects(stack.project) == ("", "", "")
+
+
+def service_metrics(textfile_dir):
+    """The service series and the verify run's timestamps of the development metrics file (checked by promtool first)."""
+    path = textfile_dir / "minimarket_backup_development.prom"
+    with open(path, "rb") as handle:
+        check = subprocess.run(["promtool", "check", "metrics"], stdin=handle, capture_output=True, text=True, check=False)
+    assert check.returncode == 0 and not check.stdout + check.stderr, check.stdout + check.stderr
+    found = {"ok": {}, "timestamp_seconds": {}}
+    for line in path.read_text().splitlines():
+        name, _sep, value = line.partition(" ")
+        if name.startswith("minimarket_backup_service_check_"):
+            metric, service = re.match(r'^minimarket_backup_service_check_(\w+)\{service="(\w+)",environment="development"\}$', name).groups()
+            found[metric][service] = float(value)
+        elif name in ('minimarket_backup_last_success_timestamp_seconds{kind="verify",environment="development"}',
+                      'minimarket_backup_last_failure_timestamp_seconds{kind="verify",environment="development"}'):
+            found["verified_at" if "success" in name else "failed_at"] = float(value)
+    return found
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import VerifyFailed
 from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (
     LATEST,
     choose_backup,
@@ -17,6 +18,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (
     render_metrics,
     repair,
     rpo_seconds,
+    scratch_verify,
     swap_back,
     swap_in,
     volume_paths,
@@ -237,3 +239,22 @@ def test_a_rerun_waits_for_the_repaired_server_before_closing_its_wal(tmp_path, 
                                   "removed a leftover staging directory"]
     assert ("warnings" in result) is not comes_up
     assert sorted(os.listdir(tmp_path)) == ["_data"]
+class RecoveryFails(object):
+    """Barman whose recovery of the chosen base backup fails (a missing WAL segment, say)."""
+
+    def backups(self):
+        return BACKUPS
+
+    def recover(self, backup_id, dest, target):
+        os.makedirs(dest)
+        raise BackupError("barman recover %s failed: WAL file 000000010000000000000007 not found" % backup_id)
+
+
+def test_a_failed_drill_still_tells_the_report_its_target_and_base_backup(tmp_path):
+    workdir = tmp_path / "verify-minimarket-production"
+    with pytest.raises(VerifyFailed, match="^barman recover 20260314T013000 failed: WAL file") as info:
+        scratch_verify(RecoveryFails(), None, "postgres:15", (999, 999), str(workdir), NOW, None, None)
+    assert info.value.result["target_time"] == "2026-03-14 21:00:00+00:00"
+    assert info.value.result["backup_id"] == "20260314T013000"
+    assert info.value.result["duration"] >= 0
+    assert not workdir.exists()

@@ -46,6 +46,16 @@ def test_check_specs_need_what_each_kind_asks():
         sc.check_specs([{"service": "r", "kind": "redis"}, {"service": "r", "kind": "redis"}])
 
 
+def test_services_that_could_not_be_asked_all_count_as_failed():
+    specs = sc.check_specs([{"service": "redis", "kind": "redis"}, {"service": "loki", "kind": "http", "port": 3100}])
+    assert sc.not_asked(specs, "docker compose up failed in the scratch project mmverify-1: no space left") == [
+        {"service": "redis", "kind": "redis", "ok": False, "checks": [],
+         "msg": "redis was not asked: docker compose up failed in the scratch project mmverify-1: no space left"},
+        {"service": "loki", "kind": "http", "ok": False, "checks": [],
+         "msg": "loki was not asked: docker compose up failed in the scratch project mmverify-1: no space left"},
+    ]
+
+
 CONFIG = {
     "services": {
         "redis": {"image": "redis", "container_name": "live_redis_1", "ports": ["6379:6379"], "depends_on": ["x"],
