@@ -239,6 +239,8 @@ def test_a_rerun_waits_for_the_repaired_server_before_closing_its_wal(tmp_path, 
                                   "removed a leftover staging directory"]
     assert ("warnings" in result) is not comes_up
     assert sorted(os.listdir(tmp_path)) == ["_data"]
+
+
 class RecoveryFails(object):
     """Barman whose recovery of the chosen base backup fails (a missing WAL segment, say)."""
 
