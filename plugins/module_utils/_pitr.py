@@ -29,7 +29,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     fsync_directory,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._compose import service_container
-from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import VerifyFailed
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_verify import VerifyFailed
 
 LATEST = "latest"
 TARGET_RE = re.compile(

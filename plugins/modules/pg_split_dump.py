@@ -465,18 +465,17 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
 )
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import HAS_DOCKER
-from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import (
-    VerifyFailed,
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_dump import (
+    DumpOptions,
     check_compression_level,
     check_dest,
-    check_live,
     dump,
-    load_backup,
     plan_dump,
-    restore,
-    verify,
 )
-from ansible_collections.minimarket.backup.plugins.module_utils._pg_split_dump import repairers as pg_repairers
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import BackupSource, load_backup
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_restore import RestoreOptions, restore
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_restore import repairers as pg_repairers
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_verify import VerifyFailed, VerifyOptions, check_live, verify
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_archive import repairers as volume_repairers
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import PgTools, postgres_common_argument_spec
 
@@ -496,27 +495,26 @@ def run(module, tools, journal_dir):
                 msg += " (%s does not exist yet: the run creates it)" % params["dest"]
             return dict(changed=True, archive=path, metadata=metadata_path(path), encrypted=bool(recipients),
                         recipients=recipients, msg=msg)
-        result = dump(tools, params["db"], params["dest"], params["environment"], params["compression"],
-                      params["jobs"], params["include_globals"], params["age_recipients"], params["compression_level"])
+        result = dump(tools, DumpOptions(params["db"], params["dest"], params["environment"], params["compression"],
+                                         params["jobs"], params["include_globals"], params["age_recipients"],
+                                         params["compression_level"]))
         return dict(changed=True, **result)
     if state == "check":
         return dict(changed=False, **check_live(tools, params["db"], params["critical_tables"], params["queries"]))
-    identity_file = params["age_identity_file"]
+    source = BackupSource(params["src"], params["dest"], params["environment"], params["age_identity_file"])
     if state == "restore":
+        options = RestoreOptions(source, params["db"], params["strategy"], params["jobs"], params["keep_previous"],
+                                 params["restore_globals"], params["restore_as"])
         with _journal.job(None if module.check_mode else journal_dir, "pg_split_dump restore") as journal:
-            result = restore(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
-                             strategy=params["strategy"], jobs=params["jobs"], keep_previous=params["keep_previous"],
-                             check_mode=module.check_mode, restore_globals=params["restore_globals"], identity_file=identity_file,
-                             restore_as=params["restore_as"], journal=journal)
+            result = restore(tools, options, check_mode=module.check_mode, journal=journal)
         return dict(changed=True, **result)
     if module.check_mode:
-        backup = load_backup(params["src"], params["dest"], params["environment"], identity_file)
+        backup = load_backup(source)
         return dict(changed=False, src=backup.path, backup=backup.describe(), warnings=backup.warnings,
                     msg="checksum of %s verified; contents not restored in check mode" % backup.name)
     with _journal.job(journal_dir, "pg_split_dump verify") as journal:
-        result = verify(tools, params["src"], params["db"], dest=params["dest"], environment=params["environment"],
-                        jobs=params["jobs"], scratch_db=params["scratch_db"], critical_tables=params["critical_tables"],
-                        queries=params["queries"], identity_file=identity_file, journal=journal)
+        result = verify(tools, VerifyOptions(source, params["db"], params["jobs"], params["scratch_db"],
+                                             params["critical_tables"], params["queries"]), journal=journal)
     # The scratch database is gone again; only dropping a leftover of an earlier run changes anything.
     return dict(changed=bool(result["leftovers_dropped"]), **result)
 

@@ -9,7 +9,12 @@ import tarfile
 
 import pytest
 
-from ansible_collections.minimarket.backup.plugins.module_utils import _pg_split_dump as psd
+from ansible_collections.minimarket.backup.plugins.module_utils import _pg_catalog as pg_catalog
+from ansible_collections.minimarket.backup.plugins.module_utils import _pg_databases as pg_databases
+from ansible_collections.minimarket.backup.plugins.module_utils import _pg_dump as pg_dump
+from ansible_collections.minimarket.backup.plugins.module_utils import _pg_format as pg_format
+from ansible_collections.minimarket.backup.plugins.module_utils import _pg_globals as pg_globals
+from ansible_collections.minimarket.backup.plugins.module_utils import _pg_load as pg_load
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, CompressedSink, utc_now
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import (
     PgTools,
@@ -26,11 +31,11 @@ PARAMS = dict(login_host="db.example", login_port=5433, login_user="backup", log
 
 
 def test_member_names_round_trip():
-    assert psd.chunk_member("data/0001.sql", 3, False) == "data/0001.sql.part00003"
-    assert psd.parse_member("data/0001.sql.part00003") == ("data/0001.sql", 3, False)
-    assert psd.parse_member(psd.chunk_member("pre-data.dump", 0, True)) == ("pre-data.dump", 0, True)
-    assert psd.parse_member("manifest.json") is None
-    assert psd.parse_member("evil.partX") is None
+    assert pg_format.chunk_member("data/0001.sql", 3, False) == "data/0001.sql.part00003"
+    assert pg_format.parse_member("data/0001.sql.part00003") == ("data/0001.sql", 3, False)
+    assert pg_format.parse_member(pg_format.chunk_member("pre-data.dump", 0, True)) == ("pre-data.dump", 0, True)
+    assert pg_format.parse_member("manifest.json") is None
+    assert pg_format.parse_member("evil.partX") is None
 
 
 def test_dump_pattern_quotes_everything():
@@ -38,9 +43,9 @@ def test_dump_pattern_quotes_everything():
 
 
 def test_archive_writer_chunks_streams_and_manifest(monkeypatch):
-    monkeypatch.setattr(psd, "CHUNK", 10)
+    monkeypatch.setattr(pg_format, "CHUNK", 10)
     out = io.BytesIO()
-    writer = psd.ArchiveWriter(out, 1700000000)
+    writer = pg_format.ArchiveWriter(out, 1700000000)
     writer.copy_stream("schema.sql", io.BytesIO(b"x" * 25), {"kind": "schema"})
     writer.copy_stream("data/0000.sql", io.BytesIO(b""), {"kind": "table-data", "table": "public.t"})
     writer.copy_stream("post-data.dump", io.BytesIO(b"y" * 20), {"kind": "post-data"})
@@ -54,7 +59,7 @@ def test_archive_writer_chunks_streams_and_manifest(monkeypatch):
                      "data/0000.sql.part00000.last", "post-data.dump.part00000", "post-data.dump.part00001.last",
                      "manifest.json"]
     assert modes == {0o600}
-    assert stored == manifest and stored["format"] == psd.ARCHIVE_FORMAT
+    assert stored == manifest and stored["format"] == pg_format.ARCHIVE_FORMAT
     assert stored["order"] == ["schema.sql", "data/0000.sql", "post-data.dump"]
     assert stored["streams"]["schema.sql"]["sha256"] == hashlib.sha256(b"x" * 25).hexdigest()
     assert [c["size"] for c in stored["streams"]["schema.sql"]["chunks"]] == [10, 10, 5]
@@ -148,24 +153,24 @@ def test_explain_without_output_names_the_likely_cause():
 
 
 def test_suffix_names_fit_postgres_limit():
-    name = psd.suffix_name("d" * 63, "pre_restore", utc_now())
+    name = pg_databases.suffix_name("d" * 63, "pre_restore", utc_now())
     assert len(name.encode()) <= 63 and "_pre_restore_" in name
 
 
 def test_plan_dump_rejects_bad_environment(tmp_path):
     with pytest.raises(BackupError, match="not a valid name"):
-        psd.plan_dump(str(tmp_path), "prod_1", "gzip")
-    assert psd.plan_dump(str(tmp_path), "prod-1", "zstd").endswith(".tar.zst")
+        pg_dump.plan_dump(str(tmp_path), "prod_1", "gzip")
+    assert pg_dump.plan_dump(str(tmp_path), "prod-1", "zstd").endswith(".tar.zst")
 
 
 def test_check_dest_messages(tmp_path):
     with pytest.raises(BackupError, match="is not a directory"):
-        psd.check_dest(str(tmp_path / "missing"))
-    assert psd.check_dest(str(tmp_path)) is True
-    assert psd.check_dest(str(tmp_path / "missing" / "database"), may_not_exist=True) is False
+        pg_dump.check_dest(str(tmp_path / "missing"))
+    assert pg_dump.check_dest(str(tmp_path)) is True
+    assert pg_dump.check_dest(str(tmp_path / "missing" / "database"), may_not_exist=True) is False
     (tmp_path / "file").write_text("")
     with pytest.raises(BackupError, match=r"does not exist and .*/file is not a writable directory"):
-        psd.check_dest(str(tmp_path / "file" / "database"), may_not_exist=True)
+        pg_dump.check_dest(str(tmp_path / "file" / "database"), may_not_exist=True)
 
 
 def test_subprocess_runner_passes_stdin_and_env():
@@ -205,13 +210,13 @@ def _tar(path, members):
     ([("schema.sql.part00000", b"x"), ("schema.sql.part00002.last", b"x")], "out of order"),
     ([("schema.sql.part00000.last", b"x"), ("manifest.json", b'{"format": "other"}')], "manifest format"),
     ([("schema.sql.part00000.last", b"x"), ("manifest.json", json.dumps({
-        "format": psd.ARCHIVE_FORMAT, "streams": {"schema.sql": {"chunks": [], "sha256": "0"}}}).encode())], "does not match its manifest"),
+        "format": pg_format.ARCHIVE_FORMAT, "streams": {"schema.sql": {"chunks": [], "sha256": "0"}}}).encode())], "does not match its manifest"),
 ])
 def test_restore_reader_refuses_archives_that_are_not_ours(tmp_path, members, message):
     """Structural checks fail before any database tool runs (schema.sql is only hashed)."""
     path = _tar(tmp_path / "database_x_20250101_000000.tar", members)
     with pytest.raises(BackupError, match=message):
-        psd.restore_archive(PgTools(PARAMS), path, "unused", 1)
+        pg_load.restore_archive(PgTools(PARAMS), path, "unused", 1)
 
 
 def test_restore_reader_reports_truncated_compressed_archive(tmp_path):
@@ -221,7 +226,7 @@ def test_restore_reader_reports_truncated_compressed_archive(tmp_path):
     target = tmp_path / "database_x_20250101_000000.tar.gz"
     target.write_bytes(gzip.compress(data)[:5000])
     with pytest.raises(BackupError, match="truncated or damaged|has no manifest"):
-        psd.restore_archive(PgTools(PARAMS), str(target), "unused", 1)
+        pg_load.restore_archive(PgTools(PARAMS), str(target), "unused", 1)
 
 
 def _unparsable_first_member(case):
@@ -241,10 +246,10 @@ def test_any_tar_parse_error_is_the_damaged_archive_message(tmp_path, case, deta
     path.write_bytes(_unparsable_first_member(case))
     expected = "archive database_x_20250101_000000.tar is truncated or damaged (%s): use another backup" % detail
     with pytest.raises(BackupError) as restored:
-        psd.restore_archive(PgTools(PARAMS), str(path), "unused", 1)
+        pg_load.restore_archive(PgTools(PARAMS), str(path), "unused", 1)
     assert str(restored.value) == expected
     with pytest.raises(BackupError) as extracted:
-        psd.extract_stream(str(path), "globals.sql", "0" * 64)
+        pg_format.extract_stream(str(path), "globals.sql", "0" * 64)
     assert str(extracted.value) == expected
 
 
@@ -252,7 +257,7 @@ def test_collection_version_matches_galaxy_yml():
     """module_utils cannot read galaxy.yml on a target host, so the copy is pinned here."""
     import yaml
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "galaxy.yml"), encoding="utf-8") as handle:
-        assert psd.COLLECTION_VERSION == yaml.safe_load(handle)["version"]
+        assert pg_format.COLLECTION_VERSION == yaml.safe_load(handle)["version"]
 
 
 GLOBALS_SQL = '''--
@@ -290,7 +295,7 @@ CREATE TABLESPACE rapido OWNER postgres LOCATION '/srv/rapido';
 
 
 def test_plan_globals_creates_only_missing_roles_and_never_touches_existing_ones():
-    plan = psd.plan_globals(GLOBALS_SQL, {"postgres", "minimarket"})
+    plan = pg_globals.plan_globals(GLOBALS_SQL, {"postgres", "minimarket"})
     assert plan["created"] == ['Vendedor "B"'] and plan["kept"] == ["minimarket"]
     assert plan["statements"] == [
         "SET default_transaction_read_only = off;",
@@ -304,37 +309,37 @@ def test_plan_globals_creates_only_missing_roles_and_never_touches_existing_ones
     ]
     assert plan["skipped"] == 7
     assert not [s for s in plan["statements"] if "keep" in s or "super" in s or "TABLESPACE" in s]
-    assert psd.plan_globals(GLOBALS_SQL, {"postgres", "minimarket", 'Vendedor "B"'})["created"] == []
+    assert pg_globals.plan_globals(GLOBALS_SQL, {"postgres", "minimarket", 'Vendedor "B"'})["created"] == []
 
 
 def test_leftover_names_need_our_pattern():
-    assert psd.is_leftover_name("minimarket", "minimarket_restoring_20251008_031500")
-    assert psd.is_leftover_name("minimarket", "minimarket_verify_20251008_031500")
-    assert not psd.is_leftover_name("minimarket", "minimarket_pre_restore_20251008_031500")
-    assert not psd.is_leftover_name("minimarket", "minimarket_restoring_copia")
-    assert not psd.is_leftover_name("minimarket", "minimarket2_restoring_20251008_031500")
+    assert pg_databases.is_leftover_name("minimarket", "minimarket_restoring_20251008_031500")
+    assert pg_databases.is_leftover_name("minimarket", "minimarket_verify_20251008_031500")
+    assert not pg_databases.is_leftover_name("minimarket", "minimarket_pre_restore_20251008_031500")
+    assert not pg_databases.is_leftover_name("minimarket", "minimarket_restoring_copia")
+    assert not pg_databases.is_leftover_name("minimarket", "minimarket2_restoring_20251008_031500")
     long_db = "x" * 63
-    assert psd.is_leftover_name(long_db, psd.suffix_name(long_db, "restoring", utc_now()))
+    assert pg_databases.is_leftover_name(long_db, pg_databases.suffix_name(long_db, "restoring", utc_now()))
 
 
 def test_properties_compare_regardless_of_order():
     acl = [{"grantee": "b", "privilege": "CONNECT", "grantable": False}, {"grantee": "a", "privilege": "TEMPORARY", "grantable": False}]
     settings = [{"role": "r", "name": "work_mem", "value": "8MB"}, {"role": None, "name": "timezone", "value": "UTC"}]
-    one = psd.normalize_properties({"owner": "o", "acl": acl, "settings": settings, "encoding": "UTF8"})
-    two = psd.normalize_properties({"owner": "o", "acl": acl[::-1], "settings": settings[::-1]})
+    one = pg_catalog.normalize_properties({"owner": "o", "acl": acl, "settings": settings, "encoding": "UTF8"})
+    two = pg_catalog.normalize_properties({"owner": "o", "acl": acl[::-1], "settings": settings[::-1]})
     assert one == two and "encoding" not in one
-    assert psd.referenced_roles(dict(one, acl=one["acl"] + [{"grantee": "PUBLIC", "privilege": "CONNECT", "grantable": False}])) == {"o", "a", "b", "r"}
+    assert pg_globals.referenced_roles(dict(one, acl=one["acl"] + [{"grantee": "PUBLIC", "privilege": "CONNECT", "grantable": False}])) == {"o", "a", "b", "r"}
     with pytest.raises(BackupError, match=r"^role\(s\) a, b, r, used by database d .* restore_globals: true"):
-        psd.check_roles(one, {"o"}, "d")
-    psd.check_roles(one, {"o", "a"}, "d", created=("b", "r"))
+        pg_globals.check_roles(one, {"o"}, "d")
+    pg_globals.check_roles(one, {"o", "a"}, "d", created=("b", "r"))
 
 
 def test_compression_level_is_checked_and_reaches_the_compressor(tmp_path):
-    psd.check_compression_level("gzip", None)
-    psd.check_compression_level("zstd", 19)
+    pg_dump.check_compression_level("gzip", None)
+    pg_dump.check_compression_level("zstd", 19)
     for compression, level in (("gzip", 0), ("gzip", 10), ("zstd", 20), ("none", 1)):
         with pytest.raises(BackupError, match="^compression_level %d does not fit compression %s: use 1-9 for gzip" % (level, compression)):
-            psd.check_compression_level(compression, level)
+            pg_dump.check_compression_level(compression, level)
     payload = b"producto;precio;stock\n" * 200000
     sizes = {}
     for level in (1, 9):

@@ -1,0 +1,245 @@
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One consistent dump of a PostgreSQL database: every stream read from one exported snapshot, written atomically.
+
+Table data is dumped by ``jobs`` parallel ``pg_dump`` workers attached to the
+snapshot; the metadata (written last) records the exact rows and objects seen in it.
+"""
+
+import collections
+import json
+import os
+import queue
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
+    EXTENSIONS,
+    FORMAT_VERSION,
+    AtomicFile,
+    BackupError,
+    CompressedSink,
+    archive_name,
+    backup_lock,
+    check_environment,
+    check_recipients,
+    encryption_record,
+    new_archive_path,
+    remove_stale_partials,
+    utc_now,
+    write_metadata,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_catalog import (
+    DATABASE_PROPERTIES,
+    OBJECT_COUNTS,
+    PROPERTY_KEYS,
+    count_rows,
+    list_relations,
+    normalize_properties,
+    table_name,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import (
+    ARCHIVE_FORMAT,
+    COLLECTION_VERSION,
+    KIND,
+    Aborted,
+    ArchiveWriter,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_globals import dump_globals
+from ansible_collections.minimarket.backup.plugins.module_utils._postgres import dump_pattern, explain, quote_literal
+
+
+LEVELS = {"gzip": 9, "zstd": 19}
+
+
+DUMP_FIELDS = "db dest environment compression jobs include_globals recipients compression_level"
+
+
+class DumpOptions(collections.namedtuple("DumpOptions", DUMP_FIELDS)):
+    """What one dump writes and how (the module's options), built once instead of passed as eight positional arguments."""
+
+    __slots__ = ()
+
+
+def run_dump_stream(tools, writer, stream, args, extra, abort=None):
+    """One pg_dump process streamed into the archive as it runs."""
+    with tempfile.TemporaryFile() as errors:
+        proc = tools.popen("pg_dump", args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        try:
+            writer.copy_stream(stream, proc.stdout, extra, abort)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        rc = proc.wait()
+        if rc != 0:
+            errors.seek(0)
+            raise BackupError(explain(errors.read().decode("utf-8", "replace"), "pg_dump of %s" % stream, rc, tools.container))
+
+
+def snapshot_facts(session, db):
+    """Everything the metadata records about the data, read inside the exported snapshot."""
+    session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", what="starting the snapshot transaction")
+    snapshot = session.query("SELECT pg_export_snapshot();", what="exporting the snapshot")[0][0]
+    relations = list_relations(session, "listing tables")
+    counts = count_rows(session, relations, "counting rows")
+    objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting objects"))
+    props = json.loads(session.query(DATABASE_PROPERTIES % quote_literal(db), what="reading database properties")[0][0])
+    return snapshot, relations, counts, objects, props
+
+
+def check_dest(dest, may_not_exist=False):
+    """Refuse a dest the dump cannot write into.
+
+    With ``may_not_exist`` (check mode: backup_storage creates the directories only in a real run) a
+    missing dest is fine when its nearest existing parent is a writable directory; returns whether it exists.
+    """
+    if may_not_exist and not os.path.lexists(dest):
+        parent = os.path.dirname(os.path.abspath(dest))
+        while not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):
+            raise BackupError("dest %s does not exist and %s is not a writable directory: fix dest or the permissions of %s"
+                              % (dest, parent, parent))
+        return False
+    if not os.path.isdir(dest):
+        raise BackupError("dest %s is not a directory: create it (mode 0700) or fix dest" % dest)
+    if not os.access(dest, os.W_OK | os.X_OK):
+        raise BackupError("dest %s is not writable by this user: fix its permissions or choose another dest" % dest)
+    return True
+
+
+def plan_dump(dest, environment, compression, when=None, encrypted=False):
+    check_environment(environment)
+    name = archive_name(KIND, environment, when or utc_now(), compression, encrypted)
+    path = os.path.join(dest, name)
+    return path
+
+
+def check_compression_level(compression, level):
+    if level is not None and not 1 <= level <= LEVELS.get(compression, 0):
+        raise BackupError("compression_level %s does not fit compression %s: use 1-9 for gzip, 1-19 for zstd, "
+                          "and leave it unset for none" % (level, compression))
+
+
+def dump(tools, options):
+    """Write one complete backup (``options`` is a DumpOptions) or raise BackupError leaving nothing that looks complete.
+
+    With ``recipients`` (age public keys) the archive is encrypted as it is written.
+    """
+    db, dest, environment, compression, jobs, include_globals, recipients, compression_level = options
+    started = time.time()
+    check_environment(environment)
+    if compression not in EXTENSIONS:
+        raise BackupError("compression %r is not supported: use gzip, zstd or none" % compression)
+    check_compression_level(compression, compression_level)
+    recipients = check_recipients(recipients)
+    check_dest(dest)
+    server_num = tools.server_version_num(db)
+    pg_dump_version = tools.check_client("pg_dump", server_num)
+    with backup_lock(dest, KIND, environment):
+        remove_stale_partials(dest, KIND, environment)
+        when = utc_now()
+        path = new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
+        session = tools.session(db)
+        try:
+            snapshot, relations, counts, objects, props = snapshot_facts(session, db)
+            with AtomicFile(path) as target:
+                sink = CompressedSink(target.handle, compression, recipients, compression_level)
+                try:
+                    manifest = _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, int(when.timestamp()))
+                    size, sha256 = sink.close()
+                except BaseException:
+                    sink.abort()
+                    raise
+                target.commit()
+        except OSError as exc:
+            raise BackupError("writing %s failed: %s -- free space on the destination or choose another dest" % (path, exc.strerror or exc))
+        finally:
+            session.close()
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "archive_format": ARCHIVE_FORMAT,
+            "kind": KIND,
+            "environment": environment,
+            "database": db,
+            "created_at": when.isoformat(),
+            "host": socket.gethostname(),
+            "server_version": props["server_version"],
+            "pg_dump_version": pg_dump_version,
+            "collection_version": COLLECTION_VERSION,
+            "compression": compression,
+            "archive": os.path.basename(path),
+            "size": size,
+            "sha256": sha256,
+            "encryption": encryption_record(recipients),
+            "members": dict((name, {"sha256": s["sha256"], "size": s["size"]}) for name, s in manifest["streams"].items()),
+            "tables": counts,
+            "objects": objects,
+            "database_properties": normalize_properties(props, ("encoding", "collate", "ctype") + PROPERTY_KEYS),
+            "container": tools.container,
+            "jobs": jobs,
+            "duration": round(time.time() - started, 3),
+        }
+        try:
+            meta_path = write_metadata(path, metadata)
+        except (OSError, BackupError) as exc:
+            # An archive without metadata is not a backup; do not leave one that might be mistaken for it.
+            os.unlink(path)
+            raise BackupError("writing the metadata of %s failed (%s): free space on the destination and run again"
+                              % (path, getattr(exc, "strerror", None) or exc))
+    return {
+        "archive": path,
+        "metadata": meta_path,
+        "size": size,
+        "sha256": sha256,
+        "duration": metadata["duration"],
+        "tables": counts,
+        "encrypted": bool(recipients),
+        "recipients": recipients,
+    }
+
+
+def _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, mtime):
+    writer = ArchiveWriter(sink, mtime)
+    base = ["--snapshot=" + snapshot, "--no-password", "-d", db]
+    run_dump_stream(tools, writer, "schema.sql", base + ["--schema-only"], {"kind": "schema"})
+    run_dump_stream(tools, writer, "pre-data.dump", base + ["-Fc", "--section=pre-data"], {"kind": "pre-data"})
+    if include_globals:
+        dump_globals(tools, writer)
+    tasks = queue.Queue()
+    # Biggest tables first so the last worker does not start a giant alone.
+    for index, (schema, name, _pages) in enumerate(sorted(relations, key=lambda r: -r[2])):
+        tasks.put(("data/%04d.sql" % index, schema, name))
+    abort = threading.Event()
+    failures = []
+
+    def worker():
+        while not abort.is_set():
+            try:
+                stream, schema, name = tasks.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                run_dump_stream(tools, writer, stream, base + ["--data-only", "-t", dump_pattern(schema, name)],
+                                {"kind": "table-data", "table": table_name(schema, name)}, abort)
+            except BaseException as exc:  # the first failure stops everyone; the main thread re-raises
+                failures.append(exc)
+                abort.set()
+                return
+
+    threads = [threading.Thread(target=worker) for _worker in range(max(1, min(jobs, len(relations))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise ([f for f in failures if not isinstance(f, Aborted)] or failures)[0]
+    # Not a "*.*" pattern: that would also drop the values of sequences no table owns.
+    excluded = ["--exclude-table-data=" + dump_pattern(schema, name) for schema, name, _pages in relations]
+    run_dump_stream(tools, writer, "misc-data.dump", base + ["-Fc", "--data-only"] + excluded, {"kind": "misc-data"})
+    run_dump_stream(tools, writer, "post-data.dump", base + ["-Fc", "--section=post-data"], {"kind": "post-data"})
+    return writer.finish()

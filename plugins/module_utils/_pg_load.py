@@ -1,0 +1,191 @@
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Replaying an archive into an empty database: each stream piped into its own ``psql``/``pg_restore``.
+
+Restore reads the archive once, in order; table data loads in parallel before any
+index, constraint or trigger exists, and every chunk is checked against the manifest.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import subprocess
+import tarfile
+import tempfile
+import threading
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
+    TAR_PARSE_ERRORS,
+    BackupError,
+    archive_stream,
+    damaged_archive,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import ARCHIVE_FORMAT, MANIFEST, parse_member
+from ansible_collections.minimarket.backup.plugins.module_utils._postgres import explain
+
+
+QUEUE_DEPTH = 2
+
+
+class StreamLoader(object):
+    """One restore process fed from a bounded queue, so several tables load at once."""
+
+    def __init__(self, proc, stream, errors, container):
+        self.proc = proc
+        self.container = container
+        self.stream = stream
+        self.errors = errors
+        self.queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        self.digest = hashlib.sha256()
+        self.chunks = []
+        self.next_seq = 0
+        self.ended = False
+        self.thread = threading.Thread(target=self._feed)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _feed(self):
+        broken = False
+        while True:
+            data = self.queue.get()
+            if data is None:
+                break
+            if not broken:
+                try:
+                    self.proc.stdin.write(data)
+                except OSError:
+                    broken = True  # the process died; wait() reports its own error
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+
+    def put(self, seq, data, member):
+        if seq != self.next_seq:
+            raise BackupError("archive member %s is out of order (expected part %d): the archive is damaged, use another backup" % (member, self.next_seq))
+        self.next_seq += 1
+        self.digest.update(data)
+        self.chunks.append({"member": member, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        self.queue.put(data)
+
+    def end(self):
+        self.ended = True
+        self.queue.put(None)
+
+    def wait(self):
+        self.thread.join()
+        rc = self.proc.wait()
+        self.errors.seek(0)
+        text = self.errors.read().decode("utf-8", "replace")
+        self.errors.close()
+        if rc != 0:
+            raise BackupError(explain(text, "restoring %s" % self.stream, rc, self.container))
+
+    def kill(self):
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.queue.get_nowait()
+            with contextlib.suppress(queue.Full):
+                self.queue.put_nowait(None)
+            self.thread.join(0.1)
+        self.proc.wait()
+
+
+def _loader_for(tools, stream, dbname, jobs):
+    errors = tempfile.TemporaryFile()
+    if stream.startswith("data/") or stream in ("schema.sql", "globals.sql"):
+        if stream.startswith("data/"):
+            proc = tools.popen("psql", ["-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "--no-password", "-d", dbname],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+        else:
+            # Kept for people, not replayed: hash it and throw it away.
+            proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+    elif stream == "post-data.dump":
+        proc = tools.popen("pg_restore", ["--exit-on-error", "--no-password", "-j", str(max(1, jobs)), "-d", dbname],
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors, spool_stdin=True)
+    elif stream in ("pre-data.dump", "misc-data.dump"):
+        # pg_restore counts large objects (definition, ACL, comment) as data: create them once, from misc-data.
+        section = ["--data-only"] if stream == "misc-data.dump" else ["--schema-only"]
+        proc = tools.popen("pg_restore", ["--exit-on-error", "--no-password"] + section + ["-d", dbname],
+                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+    else:
+        errors.close()
+        raise BackupError("archive holds an unknown stream %r: it is not a pg_split_dump backup" % stream)
+    return StreamLoader(proc, stream, errors, tools.container)
+
+
+def restore_archive(tools, backup_path, dbname, jobs, identity_file=None):
+    """Stream the archive (decrypted and decompressed on the way) into an existing empty database, then check the manifest."""
+    name = os.path.basename(backup_path)
+    active = {}
+    finished = {}
+    try:
+        with archive_stream(backup_path, identity_file) as reader:
+            try:
+                manifest = _read_members(tools, reader, dbname, jobs, active, finished, name)
+            except TAR_PARSE_ERRORS as exc:
+                raise damaged_archive(name, exc)
+        _check_manifest(manifest, finished, name)
+        return manifest
+    except BaseException:
+        for loader in active.values():
+            loader.kill()
+        raise
+
+
+def _read_members(tools, reader, dbname, jobs, active, finished, name):
+    """Dispatch each chunk to its stream's loader; table data streams run concurrently, the rest in order."""
+    in_data = False
+    tar = tarfile.open(fileobj=reader, mode="r|")
+    for member in tar:
+        if not member.isfile():
+            raise BackupError("archive member %s is not a regular file: %s is not a pg_split_dump backup" % (member.name, name))
+        data = tar.extractfile(member).read()
+        if member.name == MANIFEST:
+            _finish_data(active, finished)
+            return json.loads(data.decode("utf-8"))
+        parsed = parse_member(member.name)
+        if parsed is None:
+            raise BackupError("archive member %s is not ours: %s is not a pg_split_dump backup" % (member.name, name))
+        stream, seq, last = parsed
+        is_data = stream.startswith("data/")
+        if in_data and not is_data:
+            _finish_data(active, finished)
+        in_data = is_data
+        loader = active.get(stream)
+        if loader is None:
+            if stream in finished:
+                raise BackupError("archive stream %s appears twice: the archive is damaged, use another backup" % stream)
+            if not finished and not active and stream != "schema.sql":
+                raise BackupError("archive does not start with schema.sql: %s is not a pg_split_dump backup" % name)
+            loader = active[stream] = _loader_for(tools, stream, dbname, jobs)
+        loader.put(seq, data, member.name)
+        if last:
+            loader.end()
+            if not is_data:
+                finished[stream] = active.pop(stream)
+                loader.wait()
+    raise BackupError("archive %s has no manifest (truncated?): use another backup" % name)
+
+
+def _finish_data(active, finished):
+    for stream in list(active):
+        loader = active[stream]
+        if not loader.ended:
+            raise BackupError("archive stream %s ends without its last part: the archive is damaged, use another backup" % stream)
+        finished[stream] = active.pop(stream)
+        loader.wait()
+
+
+def _check_manifest(manifest, finished, name):
+    if manifest.get("format") != ARCHIVE_FORMAT:
+        raise BackupError("%s has manifest format %r, not %s: restore it with the collection version that wrote it"
+                          % (name, manifest.get("format"), ARCHIVE_FORMAT))
+    if sorted(finished) != sorted(manifest.get("streams", {})):
+        raise BackupError("archive streams of %s do not match its manifest: the archive is damaged, use another backup" % name)
+    for stream, entry in manifest["streams"].items():
+        loader = finished[stream]
+        if loader.chunks != entry.get("chunks") or loader.digest.hexdigest() != entry.get("sha256"):
+            raise BackupError("archive stream %s does not match its manifest checksum: the archive is damaged, use another backup" % stream)
