@@ -1,22 +1,35 @@
-"""Benchmark docker_volume_archive against the helper-container recipe, in one run (ratios, not thresholds).
+"""Benchmark docker_volume_archive against the bare tools, in one run (ratios, not thresholds).
 
-    .venv/bin/python bench/bench_docker_volume_archive.py [--size-mb 2000]   (or MM_BENCH_VOLUME_MB)
+    .venv/bin/python bench/bench_docker_volume_archive.py [--size-mb 2000] [--rounds 3] [--helper]
 
 Five volumes share the size: each gets many small files (2-64 KiB) plus a few
-large ones, half text-like (compressible), half random.  Baselines, on the same
-data: ``docker run --rm -v VOL:/data:ro -v DEST:/backup minimarket/busybox tar czf``
-per volume, and ``tar xzf`` through a helper container for restore.  Our side
-runs in a child process so its peak RSS (Python + tar/compressor children)
-can be reported.  Everything is named mmtest-bench-* and removed at the end.
+large ones, half text-like (compressible), half random.  Each round measures,
+on the same data (``sync`` before every step):
+
+* archive: GNU tar with the module's own options piped into ``zstd -T0 -3``
+  and into ``igzip -3`` (the baselines), then the module (host mode) with zstd
+  and with gzip;
+* restore: the unchecked ``zstd -dc | tar -x`` of the module's zstd archive
+  into an empty volume (the floor), then the module's restore of the same
+  archive into new volumes, every check on.
+
+Our side runs in a child process so its peak RSS (Python + tar/compressor
+children) and CPU seconds can be reported; the baselines' CPU seconds are
+their children's rusage.  ``--helper`` adds the helper-container recipe
+(``docker run ... busybox tar czf`` / ``tar xzf``).  Medians over the rounds
+and their ratios are printed.  Everything is named mmtest-bench-* and removed
+at the end.
 """
 import argparse
 import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -60,17 +73,23 @@ def fill(root, size, seed):
     return index + 4
 
 
-def quiet():
+def quiet(seconds):
     subprocess.run(["sync"], check=True)
-    time.sleep(QUIET_S)
+    time.sleep(seconds)
+
+
+def _cpu(usage):
+    return usage.ru_utime + usage.ru_stime
 
 
 def timed(func):
-    """Dirty pages from the previous step are flushed first, so no step pays for another's writeback."""
+    """Wall seconds and the CPU seconds of the children it waited for; dirty pages are flushed first."""
     subprocess.run(["sync"], check=True)
+    before = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN))
     started = time.monotonic()
     value = func()
-    return time.monotonic() - started, value
+    seconds = time.monotonic() - started
+    return {"seconds": seconds, "cpu": _cpu(resource.getrusage(resource.RUSAGE_CHILDREN)) - before, "value": value}
 
 
 def _phase_timer(phases, module, name):
@@ -85,8 +104,21 @@ def _phase_timer(phases, module, name):
     setattr(module, name, wrapper)
 
 
+def _disk_sampler(directory, peak, stop):
+    """Largest number of bytes in ``directory`` (metadata files aside) while the archive is written."""
+    while not stop.wait(0.05):
+        total = 0
+        for name in os.listdir(directory):
+            if "_metadata" not in name:
+                try:
+                    total += os.path.getsize(os.path.join(directory, name))
+                except OSError:
+                    pass
+        peak[0] = max(peak[0], total)
+
+
 def child(args):
-    """Run one of our operations and report its duration, phases and peak RSS as JSON."""
+    """Run one of our operations and report its duration, phases, peak RSS, CPU and disk as JSON."""
     phases = {}
     for name in ("scan_archive", "read_host", "_stage"):
         _phase_timer(phases, va, name)
@@ -94,24 +126,35 @@ def child(args):
     _phase_timer(phases, va.shutil, "rmtree")
     engine = Engine()
     names = args.volumes.split(",")
+    extra = {}
     if args.child == "archive":
-        seconds, result = timed(lambda: va.archive(engine, names, args.dest, args.env, args.compression, mode="host"))
-        extra = {"size": result["size"]}
+        before = set(os.listdir(args.dest))
+        peak, stop = [0], threading.Event()
+        sampler = threading.Thread(target=_disk_sampler, args=(args.dest, peak, stop))
+        sampler.start()
+        try:
+            run = timed(lambda: va.archive(engine, names, args.dest, args.env, args.compression, mode="host"))
+        finally:
+            stop.set()
+            sampler.join()
+        old = sum(os.path.getsize(os.path.join(args.dest, n)) for n in before if "_metadata" not in n)
+        extra = {"size": run["value"]["size"], "archive": run["value"]["archive"], "extra_disk": (peak[0] - old) / float(run["value"]["size"])}
     else:
-        seconds, result = timed(lambda: va.restore(engine, args.src, args.dest, args.env, names, mode="host",
-                                                   check_restored=args.check_restored == "yes"))
-        extra = {}
+        run = timed(lambda: va.restore(engine, args.src, args.dest, args.env, names, mode="host",
+                                       check_restored=args.check_restored == "yes"))
     usage_self = resource.getrusage(resource.RUSAGE_SELF)
     usage_children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (usage_self.ru_utime + usage_self.ru_stime, usage_children.ru_utime + usage_children.ru_stime)
-    print(json.dumps(dict(extra, seconds=seconds, rss_mb=usage_self.ru_maxrss / 1024.0, child_rss_mb=usage_children.ru_maxrss / 1024.0,
-                          cpu_python=round(cpu[0], 2), cpu_children=round(cpu[1], 2),
-                          phases=dict((k, round(v, 1)) for k, v in phases.items()))))
+    print(json.dumps(dict(extra, seconds=run["seconds"], rss_mb=usage_self.ru_maxrss / 1024.0,
+                          child_rss_mb=usage_children.ru_maxrss / 1024.0,
+                          cpu_python=round(_cpu(usage_self), 2), cpu_children=round(_cpu(usage_children), 2),
+                          phases=dict((k, round(v, 2)) for k, v in phases.items()))))
 
 
 def run_child(*argv):
     out = subprocess.run([sys.executable, os.path.abspath(__file__)] + list(argv), check=True, stdout=subprocess.PIPE).stdout
-    return json.loads(out.decode().strip().splitlines()[-1])
+    mine = json.loads(out.decode().strip().splitlines()[-1])
+    mine["cpu"] = mine["cpu_python"] + mine["cpu_children"]
+    return mine
 
 
 def docker_tar(volume, backup_dir, command):
@@ -119,18 +162,39 @@ def docker_tar(volume, backup_dir, command):
                     IMAGE, "sh", "-c", command], check=True)
 
 
+def pipeline(first, second, stdin=None, stdout=None):
+    """``first | second``, both checked."""
+    with open(stdin, "rb") if stdin else open(os.devnull, "rb") as source, \
+            open(stdout, "wb") if stdout else open(os.devnull, "wb") as target:
+        producer = subprocess.Popen(first, stdin=source, stdout=subprocess.PIPE)
+        consumer = subprocess.run(second, stdin=producer.stdout, stdout=target, check=False)
+        producer.stdout.close()
+        if producer.wait() != 0 or consumer.returncode != 0:
+            raise RuntimeError("%s | %s failed" % (first[0], second[0]))
+
+
+def tar_baseline(mountpoints, compressor, target):
+    """What the module's archive does with no checks: its own GNU tar command into the compressor."""
+    command = va.host_create_command([(os.path.dirname(os.path.dirname(m)), os.path.basename(os.path.dirname(m)) + "/_data")
+                                      for m in mountpoints])
+    pipeline(command, compressor, stdout=target)
+
+
 def host_floor(archive, target):
     """The bare work of a restore: ``zstd -dc | GNU tar -x`` on the host, no checks, no staging, no swap."""
-    unzstd = subprocess.Popen(["zstd", "-dc", archive], stdout=subprocess.PIPE)
-    subprocess.run(va.TAR_EXTRACT + ["-C", target], stdin=unzstd.stdout, check=True)
-    unzstd.stdout.close()
-    if unzstd.wait() != 0:
-        raise RuntimeError("zstd -dc %s failed" % archive)
+    pipeline(["zstd", "-dc", archive], va.TAR_EXTRACT + ["-C", target])
+
+
+def median(values):
+    return statistics.median(values)
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=int(os.environ.get("MM_BENCH_VOLUME_MB", "2000")))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quiet-s", type=int, default=QUIET_S)
+    parser.add_argument("--helper", action="store_true", help="also time the helper-container recipe")
     parser.add_argument("--child")
     parser.add_argument("--volumes")
     parser.add_argument("--dest")
@@ -146,71 +210,77 @@ def main():
     tag = "mmtest-bench-%s" % uuid.uuid4().hex[:6]
     names = ["%s-%s" % (tag, role) for role in ("postgres", "grafana", "prometheus", "loki", "redis")]
     work = tempfile.mkdtemp(prefix="mm-bench-", dir="/var/tmp")
+    floor_name = "%s-floor" % tag
+    results = {}
+
+    def record(key, value):
+        results.setdefault(key, []).append(value)
+
     try:
         files = 0
         for number, name in enumerate(names):
             engine.api.create_volume(name)
             files += fill(engine.volume(name)["Mountpoint"], args.size_mb * 1024 * 1024 // len(names), number)
         subprocess.run(["sync"], check=True)
-        print("data: %d MB in %d files over %d volumes; machine: %d cores, %s" % (
-            args.size_mb, files, len(names), os.cpu_count(), os.uname().release))
-
-        def baseline_archive():
-            for name in names:
-                docker_tar(name, work, "tar czf /backup/%s.tar.gz -C /data ." % name)
-
-        base_arch, unused = timed(baseline_archive)
-        ours = {}
+        print("data: %d MB in %d files over %d volumes; machine: %d cores, %s; load %.1f" % (
+            args.size_mb, files, len(names), os.cpu_count(), os.uname().release, os.getloadavg()[0]), flush=True)
         for compression in ("gzip", "zstd"):
-            dest = os.path.join(work, compression)
-            os.mkdir(dest)
-            ours[compression] = run_child("--child", "archive", "--volumes", ",".join(names), "--dest", dest,
-                                          "--compression", compression)
-        restored = ["%s-r" % name for name in names]
-
-        def baseline_restore():
-            for name, target in zip(names, restored):
-                engine.api.create_volume(target)
-                docker_tar(target, work, "tar xzf /backup/%s.tar.gz -C /data" % name)
-
-        quiet()
-        base_rest, unused = timed(baseline_restore)
-        for target in restored:
-            engine.remove_volume(target)
-        restore = {}
-        for compression, check in (("gzip", "yes"), ("zstd", "yes"), ("zstd", "no")):
-            for name in names:  # into new volumes, like the baseline
+            os.mkdir(os.path.join(work, compression))
+        for round_number in range(args.rounds):
+            mountpoints = [engine.volume(name)["Mountpoint"] for name in names]
+            for compression, compressor in (("zstd", ["zstd", "-q", "-T0", "-3", "-c"]), ("gzip", ["igzip", "-c", "-3"])):
+                target = os.path.join(work, "baseline.tar")
+                record("base archive " + compression, timed(lambda: tar_baseline(mountpoints, compressor, target)))
+                os.unlink(target)
+                record("ours archive " + compression, run_child(
+                    "--child", "archive", "--volumes", ",".join(names), "--dest", os.path.join(work, compression),
+                    "--compression", compression))
+            zst = results["ours archive zstd"][-1]["archive"]
+            engine.api.create_volume(floor_name)
+            for name in names:  # ours restores into new volumes, the floor into an empty one
                 engine.remove_volume(name)
-            quiet()
-            restore[compression, check] = run_child("--child", "restore", "--volumes", ",".join(names), "--dest",
-                                                    os.path.join(work, compression), "--src", "latest", "--check-restored", check)
-
-        engine.api.create_volume("%s-floor" % tag)  # same place as a restore: extracting into /var/tmp was 2.5x faster here
-        floor_dir = engine.volume("%s-floor" % tag)["Mountpoint"]
-        zst = [os.path.join(work, "zstd", n) for n in os.listdir(os.path.join(work, "zstd")) if n.endswith(".tar.zst")][0]
-        floor, unused = timed(lambda: host_floor(zst, floor_dir))
-        rows = [
-            ("archive gzip", base_arch, ours["gzip"], 2.0),
-            ("archive zstd", base_arch, ours["zstd"], 4.0),
-            ("restore gzip archive", base_rest, restore["gzip", "yes"], 2.0),
-            ("restore zstd archive", base_rest, restore["zstd", "yes"], 2.0),
-            ("restore zstd, no check", base_rest, restore["zstd", "no"], 2.0),
-        ]
-        print("%-24s %10s %10s %8s %8s %10s %14s %12s" % (
-            "operation", "helper s", "ours s", "ratio", "target", "py RSS MB", "child RSS MB", "CPU s py+ch"))
-        for label, base, mine, target in rows:
-            print("%-24s %10.1f %10.1f %7.1fx %7.1fx %10.0f %14.0f %5.1f+%5.1f" % (
-                label, base, mine["seconds"], base / mine["seconds"], target, mine["rss_mb"], mine["child_rss_mb"],
-                mine["cpu_python"], mine["cpu_children"]))
-        for label, base, mine, target in rows:
-            print("  %s phases (s): %s" % (label, ", ".join("%s %.1f" % item for item in sorted(mine["phases"].items()))))
-        print("archive sizes: helper gzip %d MB, ours gzip %d MB, ours zstd %d MB" % (
-            sum(os.path.getsize(os.path.join(work, n + ".tar.gz")) for n in names) // 2 ** 20,
-            ours["gzip"]["size"] // 2 ** 20, ours["zstd"]["size"] // 2 ** 20))
-        print("floor: zstd -dc | tar -x into a volume on the host, unchecked: %.1f s; helper restore / floor %.1fx; ours (zstd, checked) / floor %.1fx" % (
-            floor, base_rest / floor, restore["zstd", "yes"]["seconds"] / floor))
+            quiet(args.quiet_s)  # one quiet period after the deletions serves both (extracting deletes nothing)
+            record("base restore zstd", timed(lambda: host_floor(zst, engine.volume(floor_name)["Mountpoint"])))
+            record("ours restore zstd", run_child("--child", "restore", "--volumes", ",".join(names), "--dest",
+                                                  os.path.join(work, "zstd"), "--src", zst))
+            engine.remove_volume(floor_name)
+            if args.helper:
+                record("helper archive gzip", timed(lambda: [docker_tar(name, work, "tar czf /backup/%s.tar.gz -C /data ." % name)
+                                                             for name in names]))
+                restored = ["%s-r" % name for name in names]
+                for target in restored:
+                    engine.api.create_volume(target)
+                quiet(args.quiet_s)
+                record("helper restore gzip", timed(lambda: [docker_tar(target, work, "tar xzf /backup/%s.tar.gz -C /data" % name)
+                                                             for name, target in zip(names, restored)]))
+                for target in restored:
+                    engine.remove_volume(target)
+            print("round %d: %s" % (round_number + 1, ", ".join("%s %.2f s" % (key, values[-1]["seconds"])
+                                                                for key, values in sorted(results.items()))), flush=True)
+        print("%-22s %9s %9s %11s %9s %13s %10s %12s" % (
+            "operation", "base s", "ours s", "ours/base", "target", "CPU s base", "CPU s ours", "py/child RSS"))
+        for what, target in (("archive zstd", 1.3), ("archive gzip", 1.3), ("restore zstd", 1.6)):
+            base, ours = results["base " + what], results["ours " + what]
+            ratios = [o["seconds"] / b["seconds"] for b, o in zip(base, ours)]
+            print("%-22s %9.2f %9.2f %10.2fx %8.1fx %13.2f %4.2f+%5.2f %5.0f/%4.0f MB   rounds: %s" % (
+                what, median(b["seconds"] for b in base), median(o["seconds"] for o in ours),
+                median(o["seconds"] for o in ours) / median(b["seconds"] for b in base), target,
+                median(b["cpu"] for b in base), median(o["cpu_python"] for o in ours), median(o["cpu_children"] for o in ours),
+                max(o["rss_mb"] for o in ours), max(o["child_rss_mb"] for o in ours), " / ".join("%.2fx" % r for r in ratios)))
+        for what in ("archive zstd", "archive gzip", "restore zstd"):
+            print("  ours %s phases (s, median): %s" % (what, ", ".join(
+                "%s %.2f" % (key, median(o["phases"].get(key, 0.0) for o in results["ours " + what]))
+                for key in sorted(results["ours " + what][0]["phases"]))))
+        print("extra disk during an archive / archive size: %s" % ", ".join(
+            "%.2f" % o["extra_disk"] for key in ("ours archive zstd", "ours archive gzip") for o in results[key]))
+        print("archive sizes: ours gzip %d MB, ours zstd %d MB" % (
+            results["ours archive gzip"][-1]["size"] // 2 ** 20, results["ours archive zstd"][-1]["size"] // 2 ** 20))
+        if args.helper:
+            for what in ("archive gzip", "restore gzip"):
+                print("helper %s: median %.2f s, CPU %.2f s (docker client only)" % (
+                    what, median(h["seconds"] for h in results["helper " + what]), median(h["cpu"] for h in results["helper " + what])))
     finally:
-        for name in names + ["%s-r" % n for n in names] + ["%s-floor" % tag]:
+        for name in names + ["%s-r" % n for n in names] + [floor_name]:
             engine.remove_volume(name)
         shutil.rmtree(work, ignore_errors=True)
 

@@ -202,6 +202,8 @@ class Backup(object):
         self.problem = None
         self.warnings = []
         self.identity_file = None
+        # resolve_source(checksum=False): the reader must take the sha256 in its own read (archive_stream digest).
+        self.checksum_in_pass = False
         self._inspect()
 
     def _inspect(self):
@@ -234,12 +236,15 @@ class Backup(object):
                 "summary": "%s (taken %s, %s, environment %s)" % (
                     self.path, self.created.strftime("%Y-%m-%d %H:%M:%S UTC"), human_size(size), self.environment)}
 
-    def check_checksum(self):
-        """Raise unless the archive's bytes are the ones the metadata vouches for."""
+    def check_complete(self):
         if not self.complete:
             raise BackupError("%s is not a complete backup: %s" % (self.name, self.problem))
+
+    def check_checksum(self, actual=None):
+        """Raise unless the archive's bytes are the ones the metadata vouches for (``actual``: their sha256, already taken)."""
+        self.check_complete()
         expected = self.metadata.get("sha256")
-        actual = sha256_file(self.path)
+        actual = actual or sha256_file(self.path)
         if expected != actual:
             raise BackupError(
                 "%s is corrupted: sha256 %s does not match metadata %s; use another backup" % (self.name, actual, expected)
@@ -278,11 +283,14 @@ def list_orphans(directory, kind, environment, backups):
     return orphan_metadata(_listdir(directory), kind, environment, paired)
 
 
-def resolve_source(src, directory, kind, environment, identity_file=None):
+def resolve_source(src, directory, kind, environment, identity_file=None, checksum=True):
     """Turn ``src`` ("latest" or a path) into a complete, checksum-verified Backup.
 
     An encrypted backup is also checked to open with ``identity_file``, so a
     missing or wrong key fails here, before the caller touches anything.
+    ``checksum=False`` is for a caller that hashes the archive in the same read
+    as its restore (``archive_stream(digest=...)``) and compares before
+    anything is swapped in.
     """
     if src == "latest":
         found = list_backups(directory, kind, environment)
@@ -307,7 +315,11 @@ def resolve_source(src, directory, kind, environment, identity_file=None):
         backup = Backup(os.path.dirname(os.path.abspath(src)), name)
         if backup.kind != kind:
             raise BackupError("%s is a %s backup, not a %s backup" % (name, backup.kind, kind))
-    backup.check_checksum()
+    if checksum:
+        backup.check_checksum()
+    else:
+        backup.check_complete()
+        backup.checksum_in_pass = True
     if is_encrypted(backup.name):
         backup.warnings.extend(check_identity(backup, identity_file))
         backup.identity_file = identity_file
@@ -647,6 +659,14 @@ class CompressedSink(object):
                 raise BackupError(self._stopped())
         return len(data)
 
+    def tee_fd(self):
+        """The compressor's stdin, a pipe the kernel can copy GNU tar's stream into (PipeReader); None without one."""
+        return self._procs[0][1].stdin.fileno() if self._procs else None
+
+    def broken(self):
+        """The error for a pipeline that stopped taking data, as write() raises it."""
+        return BackupError(self._stopped())
+
     def close(self):
         """Finish the stream; returns (size, sha256 hex) of what reached the target."""
         if self._procs:
@@ -707,13 +727,36 @@ def damaged_archive(name, exc):
     return BackupError("archive %s is truncated or damaged (%s): use another backup" % (name, str(exc) or type(exc).__name__))
 
 
+def _feed(source, target, digest):
+    """Thread body: the archive's bytes into ``target``, each hashed on the way (hashlib and the I/O release the GIL).
+
+    A reader that stops early (it reports why) or a failing read leaves the
+    digest short, so it cannot match the metadata.
+    """
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    fd = target.fileno()
+    try:
+        for size in iter(lambda: source.readinto(buffer), 0):
+            digest.update(view[:size])
+            done = 0
+            while done < size:
+                done += os.write(fd, view[done:size])
+    except (OSError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            target.close()
+
+
 @contextlib.contextmanager
-def archive_stream(path, identity_file=None, partial=False):
+def archive_stream(path, identity_file=None, partial=False, digest=None):
     """The plaintext tar stream of an archive: the file, through ``age -d`` and the decompressor its name calls for.
 
     Popen, because restores read the archive while it is decrypted and
     decompressed; nothing is staged.  The file goes straight into the first
-    process: its sha256 was checked by ``resolve_source``, and what a reader
+    process: its sha256 was checked by ``resolve_source`` (or is taken on the
+    way, below), and what a reader
     takes from the stream is checked against the metadata's per-member
     digests, so a file swapped in between is caught there without hashing the
     archive twice.  At the end the rest of the stream is read and
@@ -721,6 +764,9 @@ def archive_stream(path, identity_file=None, partial=False):
     stream, so truncation fails here even when the tar looked complete.
     ``partial`` is for readers that stop early on purpose: the pipeline is then
     stopped, not checked (what was read was authenticated chunk by chunk).
+    ``digest`` (a hashlib object) receives the file's bytes as a thread feeds
+    them in: a restore compares its sha256 after the pass instead of reading
+    the archive twice.
     """
     name = os.path.basename(path)
     commands = []
@@ -736,20 +782,32 @@ def archive_stream(path, identity_file=None, partial=False):
     except (OSError, IOError) as exc:
         raise BackupError("cannot read %s: %s" % (path, exc.strerror or exc))
     procs = []
+    feeder = None
+    stream = None
     try:
         upstream = source
+        if digest is not None and not commands:
+            read_end, write_end = os.pipe()
+            stream = open(read_end, "rb")
+            feeder = threading.Thread(target=_feed, args=(source, open(write_end, "wb"), digest))
+            feeder.start()
         for label, command in commands:
             errors = tempfile.TemporaryFile()
             try:
-                proc = _start(command, stdin=upstream, stdout=subprocess.PIPE, stderr=errors)
+                proc = _start(command, stdin=subprocess.PIPE if digest is not None and not procs else upstream,
+                              stdout=subprocess.PIPE, stderr=errors)
             except BaseException:
                 errors.close()
                 raise
             if procs:
                 procs[-1][1].stdout.close()
+            else:
+                if digest is not None:
+                    feeder = threading.Thread(target=_feed, args=(source, proc.stdin, digest))
+                    feeder.start()
             procs.append((label, proc, errors))
             upstream = proc.stdout
-        stream = procs[-1][1].stdout if procs else source
+        stream = procs[-1][1].stdout if procs else (stream or source)
         try:
             yield stream
         except BaseException:
@@ -772,6 +830,10 @@ def archive_stream(path, identity_file=None, partial=False):
                 proc.kill()
             proc.wait()
             proc.stdout.close()
+        if feeder is not None:
+            if not procs:
+                stream.close()
+            feeder.join()
         source.close()
         failures = [] if partial else [_failure(name, identity_file, *entry) for entry in procs]
         for label, proc, errors in procs:

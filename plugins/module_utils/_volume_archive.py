@@ -22,6 +22,7 @@ forwarded to the GNU tar that extracts it beside the data.
 import contextlib
 import ctypes
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -39,11 +40,14 @@ from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar impo
     READ,
     STREAM_BUFFER,
     ContentHasher,
+    PipeReader,
     SafetyChecker,
     TarSink,
     TeeReader,
     extract_stream,
+    is_pipe,
     scan_stream,
+    widen_pipe,
 )
 
 KIND = "volumes"
@@ -147,7 +151,12 @@ def host_create_command(groups, transform=True):
 def read_host(command, sink, volumes, contents=True):
     """Run GNU tar, copy its stream into ``sink`` and digest it; returns (summaries, warnings)."""
     with _popen(command, stdout=subprocess.PIPE) as proc:
-        reader = TeeReader(proc.stdout, sink)
+        if is_pipe(proc.stdout) and (sink is None or sink.tee_fd() is not None):
+            if sink is not None:
+                widen_pipe(sink.tee_fd())
+            reader = PipeReader(proc.stdout, sink)
+        else:
+            reader = TeeReader(proc.stdout, sink)
         summaries = scan_stream(reader, volumes=set(volumes), contents=contents)
         reader.drain()
         rc = proc.wait()
@@ -365,7 +374,7 @@ def scan_archive(backup, allow_devices=False, contents=True):
     check_volume_names(declared)
     checker = SafetyChecker(declared, allow_devices=allow_devices)
     with bs.archive_stream(backup.path, backup.identity_file) as stream:
-        reader = TeeReader(stream)
+        reader = PipeReader(stream) if is_pipe(stream) else TeeReader(stream)
         summaries = scan_stream(reader, checker=checker, contents=contents, name=backup.name)
         reader.drain()
     keys = ("files", "size", "sha256") if contents else ("files", "size")
@@ -407,8 +416,9 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devic
     Python parses the stream, checks each member, then forwards its bytes to
     the GNU tar of that volume's filesystem (rename needs the same one): an
     unsafe member never reaches tar.  Each volume's counts and content digest
-    come from the same pass and must equal the metadata (the archive's sha256
-    was checked by ``resolve_source``); ``check`` then reads the staged tree
+    come from the same pass and must equal the metadata, and so must the
+    archive's sha256 (taken in the same read when ``resolve_source`` did not
+    take it first, as a restore asks); ``check`` then reads the staged tree
     back (names, types, modes, owners, mtimes, sizes, links, xattrs, ACLs: what
     a filesystem can drop silently; the bytes are vouched for by the digest and
     tar's exit status).
@@ -418,6 +428,30 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devic
     declared = [v["name"] for v in backup.metadata.get("volumes", [])]
     check_volume_names(declared)
     checker = SafetyChecker(declared, allow_devices=allow_devices)
+    digest = hashlib.sha256() if backup.checksum_in_pass else None
+    try:
+        summaries, extractions = _extract(backup, records, mountpoints, tag, staging_dirs, journal, checker, digest)
+    except BackupError:
+        if digest is not None:
+            backup.check_checksum()  # a damaged archive is named as such, as the checksum before the pass did
+        raise
+    report = _compare(backup, summaries, [record["name"] for record in records])
+    if digest is not None:
+        backup.check_checksum(digest.hexdigest())
+    staged = {}
+    for staging, unused_proc, unused_sink, names in extractions:
+        if check:
+            found, unused = read_host(host_create_command([(staging, name) for name in names], transform=False), None, names, contents=False)
+            for name in names:
+                if found.get(name, {}).get("sha256") != summaries[name]["layout"]:
+                    raise BackupError("restored content of %s differs from the archive's metadata (a filesystem without "
+                                      "xattr/ACL support, or it changed while restored): the volume was not changed" % name)
+        staged.update((name, os.path.join(staging, name)) for name in names)
+    return staged, report
+
+
+def _extract(backup, records, mountpoints, tag, staging_dirs, journal, checker, digest):
+    """The pass of ``_stage``: one GNU tar per filesystem, fed the checked members; returns (summaries, extractions)."""
     groups = {}
     for record in records:
         groups.setdefault(os.stat(os.path.dirname(mountpoints[record["name"]])).st_dev, []).append(record["name"])
@@ -430,10 +464,11 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devic
             os.mkdir(staging, 0o700)
             staging_dirs.append(staging)
             proc = stack.enter_context(_popen(TAR_EXTRACT + ["-C", staging, "--"] + names, stdin=subprocess.PIPE))
+            widen_pipe(proc.stdin.fileno())
             sink = TarSink(proc.stdin)
             extractions.append((staging, proc, sink, names))
             sinks.update((name, sink) for name in names)
-        stream = stack.enter_context(bs.archive_stream(backup.path, backup.identity_file))
+        stream = stack.enter_context(bs.archive_stream(backup.path, backup.identity_file, digest=digest))
         try:
             summaries = extract_stream(stream, checker, sinks, backup.name)
             for extraction in extractions:
@@ -450,17 +485,7 @@ def _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devic
         if proc.returncode != 0:
             raise BackupError("extracting into %s failed (%s): the volumes were not changed" % (
                 staging, (proc.stderr_text.strip().splitlines() or ["exit %d" % proc.returncode])[-1]))
-    report = _compare(backup, summaries, [record["name"] for record in records])
-    staged = {}
-    for staging, unused_proc, unused_sink, names in extractions:
-        if check:
-            found, unused = read_host(host_create_command([(staging, name) for name in names], transform=False), None, names, contents=False)
-            for name in names:
-                if found.get(name, {}).get("sha256") != summaries[name]["layout"]:
-                    raise BackupError("restored content of %s differs from the archive's metadata (a filesystem without "
-                                      "xattr/ACL support, or it changed while restored): the volume was not changed" % name)
-        staged.update((name, os.path.join(staging, name)) for name in names)
-    return staged, report
+    return summaries, extractions
 
 
 def _last_line(proc):
@@ -621,8 +646,10 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
             journal=None):
     """``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
     journal = journal or _journal.Job(None, "restore")
-    # The key of an encrypted archive is proven here, before any container is stopped or volume touched.
-    backup = bs.resolve_source(src, dest, KIND, environment, identity_file)
+    # The key of an encrypted archive is proven here, before any container is stopped or volume touched.  A host-mode
+    # restore takes the archive's sha256 in its one pass and compares it before anything is swapped in (_stage).
+    in_pass = not check_mode and mode != "api" and engine.local
+    backup = bs.resolve_source(src, dest, KIND, environment, identity_file, checksum=not in_pass)
     available = [v["name"] for v in backup.metadata.get("volumes", [])]
     if names:
         check_volume_names(names)
@@ -672,6 +699,8 @@ def restore(engine, src, dest, environment, names=None, mode="auto", stop_contai
             if mode == "host":
                 replaced = _host_restore(backup, records, infos, journal, allow_devices, check_restored)
             else:
+                if backup.checksum_in_pass:
+                    backup.check_checksum()
                 if report is None:
                     scan_archive(backup, allow_devices, contents=False)
                 journal.record("api_restore", volumes=names)

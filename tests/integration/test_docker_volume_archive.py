@@ -439,13 +439,24 @@ def test_failures_at_the_end_of_the_pass_leave_the_volume_and_no_staging(engine,
     marker = plain.index(b"one inode, three names")
     tampered = plain[:marker] + bytes([plain[marker] ^ 1]) + plain[marker + 1:]
 
-    def swap_file(*args):
-        backup = resolve(*args)
+    def swap_file(*args, **kwargs):
+        backup = resolve(*args, **kwargs)
         with open(backup.path, "wb") as handle:
-            handle.write(subprocess.run(["gzip", "-1", "-c"], input=tampered, stdout=subprocess.PIPE, check=True).stdout)
+            handle.write(subprocess.run(["gzip", "-1", "-c"], input=swapped_in[0], stdout=subprocess.PIPE, check=True).stdout)
         return backup
+    swapped_in = [tampered]
     monkeypatch.setattr(va.bs, "resolve_source", swap_file)
     with pytest.raises(BackupError, match="restored content of %s differs from the archive's metadata.*not changed" % vol):
+        va.restore(engine, good["archive"], dest, "test", mode="host")
+    assert snapshot(mountpoint) == before
+    assert leftovers(mountpoint) == []
+
+    # the same tar recompressed: every member and digest right, only the archive's sha256 (taken in the pass) differs
+    swapped_in[0] = plain
+    with open(good["archive"], "wb") as handle:
+        handle.write(data)
+    with pytest.raises(BackupError, match=r"^%s is corrupted: sha256 [0-9a-f]{64} does not match metadata %s; use another backup$"
+                       % (os.path.basename(good["archive"]), good["sha256"])):
         va.restore(engine, good["archive"], dest, "test", mode="host")
     assert snapshot(mountpoint) == before
     assert leftovers(mountpoint) == []

@@ -256,3 +256,21 @@ def test_atomic_file_replaces_a_killed_runs_partial_only_under_the_lock(tmp_path
     assert open(target).read() == "new\n"
     assert oct(os.stat(target).st_mode & 0o777) == "0o600"
     assert not os.path.exists(target + ".partial")
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+def test_archive_stream_takes_the_sha256_in_the_same_read(tmp_path, compression):
+    plain = os.urandom(3 * bs.CHUNK + 5)
+    path = str(tmp_path / ("volumes_test_20250101_000000" + bs.EXTENSIONS[compression]))
+    command = bs.compressor_command(compression)
+    with open(path, "wb") as handle:
+        handle.write(subprocess.run(command, input=plain, stdout=subprocess.PIPE, check=True).stdout if command else plain)
+    digest = hashlib.sha256()
+    with bs.archive_stream(path, digest=digest) as stream:
+        assert stream.read() == plain
+    assert digest.hexdigest() == bs.sha256_file(path)
+    # a reader that stops early: its error comes out and the feeding thread ends (no hang)
+    with pytest.raises(RuntimeError, match="reader stopped"):
+        with bs.archive_stream(path, digest=hashlib.sha256()) as stream:
+            stream.read(10)
+            raise RuntimeError("reader stopped")

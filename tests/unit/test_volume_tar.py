@@ -1,9 +1,11 @@
 """Pure logic of volume archives: content digests, member safety, GNU tar stderr, scanning."""
+import contextlib
 import io
 import os
 import resource
 import subprocess
 import tarfile
+import threading
 
 import pytest
 
@@ -12,6 +14,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._volume_archive 
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import (
     BLOCK,
     ContentHasher,
+    PipeReader,
     SafetyChecker,
     TarSink,
     TeeReader,
@@ -155,6 +158,11 @@ def test_any_parse_error_is_the_damaged_archive_message(unparsable, case):
     assert str(extracted.value) == expected
     # only members parsed before the damage went on (the caller discards them); never the damaged one's bytes
     assert b"ventas" not in sink.getvalue()
+    with piped(data) as stream, pytest.raises(BackupError) as piped_scan:
+        scan_stream(PipeReader(stream), checker=SafetyChecker(["vol"]), name=ARCHIVE)
+    assert str(piped_scan.value) == expected
+    sent, unused, error = _forwarded(data, ["vol"], ["vol"], "pipe")
+    assert str(error) == expected and b"ventas" not in sent["vol"]
 
 
 def test_a_damaged_header_is_not_taken_for_the_end_of_the_archive():
@@ -234,14 +242,65 @@ def tar_of(members):
     return crafted_tar([(dict(fields), data) for fields, data in members])
 
 
-def _forwarded(data, volumes, sinks_for):
-    sinks = dict((volume, io.BytesIO()) for volume in sinks_for)
-    error = None
+@contextlib.contextmanager
+def piped(data):
+    """``data`` read from a real pipe (the kernel-copy readers' path), fed by a thread."""
+    read_fd, write_fd = os.pipe()
+
+    def feed():
+        with open(write_fd, "wb") as handle, contextlib.suppress(BrokenPipeError):
+            handle.write(data)
+    thread = threading.Thread(target=feed)
+    thread.start()
+    handle = open(read_fd, "rb")
     try:
-        found = extract_stream(io.BytesIO(data), SafetyChecker(volumes), sinks, ARCHIVE)
-    except BackupError as exc:
-        error, found = exc, None
-    return sinks, found, error
+        yield handle
+    finally:
+        handle.close()
+        thread.join()
+
+
+class PipeCollector(object):
+    """A pipe drained by a thread: what a compressor or GNU tar reading it would receive."""
+
+    def __init__(self):
+        self._read_fd, write_fd = os.pipe()
+        self.handle = open(write_fd, "wb")
+        self._parts = []
+        self._thread = threading.Thread(target=lambda: self._parts.extend(iter(lambda: os.read(self._read_fd, 1 << 20), b"")))
+        self._thread.start()
+
+    def tee_fd(self):
+        return self.handle.fileno()
+
+    def broken(self):
+        return BackupError("the compressor stopped")
+
+    def value(self):
+        self.handle.close()
+        self._thread.join()
+        os.close(self._read_fd)
+        return b"".join(self._parts)
+
+
+def _forwarded(data, volumes, sinks_for, transport="memory"):
+    """extract_stream over ``data`` from memory or from a pipe into pipes; returns ({volume: bytes forwarded}, summaries, error)."""
+    if transport == "memory":
+        sinks = dict((volume, io.BytesIO()) for volume in sinks_for)
+        source = contextlib.nullcontext(io.BytesIO(data))
+    else:
+        collectors = dict((volume, PipeCollector()) for volume in sinks_for)
+        sinks = dict((volume, TarSink(collector.handle)) for volume, collector in collectors.items())
+        source = piped(data)
+    error = None
+    with source as stream:
+        try:
+            found = extract_stream(stream, SafetyChecker(volumes), sinks, ARCHIVE)
+        except BackupError as exc:
+            error, found = exc, None
+    if transport == "memory":
+        return dict((volume, sink.getvalue()) for volume, sink in sinks.items()), found, error
+    return dict((volume, collector.value()) for volume, collector in collectors.items()), found, error
 
 
 @pytest.mark.parametrize("bad", [
@@ -252,27 +311,29 @@ def _forwarded(data, volumes, sinks_for):
     ({"name": "v1/h", "type": tarfile.LNKTYPE, "linkname": "/etc/pwned"}, None),
     ({"name": "v1/pwned", "type": tarfile.CHRTYPE, "devmajor": 1, "devminor": 3}, None),
 ])
-def test_one_pass_forwards_nothing_of_an_unsafe_member(bad):
+@pytest.mark.parametrize("transport", ["memory", "pipe"])
+def test_one_pass_forwards_nothing_of_an_unsafe_member(bad, transport):
     good = [({"name": "v1", "type": tarfile.DIRTYPE}, None), ({"name": "v1/big"}, os.urandom(3 * 1024 * 1024 + 5)),
             ({"name": "v1/a", "type": tarfile.SYMTYPE, "linkname": "/etc"}, None)]
     data = tar_of(good + [bad])
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         boundary = archive.getmembers()[-1].offset  # where the unsafe member's first header starts
-    sinks, found, error = _forwarded(data, ["v1"], ["v1"])
+    sent, found, error = _forwarded(data, ["v1"], ["v1"], transport)
     assert error is not None and "is unsafe" in str(error)
     # every checked member went on whole, in order; not one byte of the unsafe member's headers or data
-    assert sinks["v1"].getvalue() == data[:boundary]
-    assert b"pwned" not in sinks["v1"].getvalue()
+    assert sent["v1"] == data[:boundary]
+    assert b"pwned" not in sent["v1"]
 
 
-def test_one_pass_forwards_each_volume_exactly_and_ends_the_archive_itself(tmp_path):
+@pytest.mark.parametrize("transport", ["memory", "pipe"])
+def test_one_pass_forwards_each_volume_exactly_and_ends_the_archive_itself(tmp_path, transport):
     members = [({"name": "v1", "type": tarfile.DIRTYPE}, None), ({"name": "v1/f"}, b"one"),
                ({"name": "v2", "type": tarfile.DIRTYPE}, None), ({"name": "v2/g"}, os.urandom(200000))]
     only_v2 = tar_of(members[2:])
     data = tar_of(members) + tar_of([({"name": "v1/after-the-end"}, b"smuggled")])
-    sinks, found, error = _forwarded(data, ["v1", "v2"], ["v2"])
+    forwarded, found, error = _forwarded(data, ["v1", "v2"], ["v2"], transport)
     assert error is None
-    sent = sinks["v2"].getvalue()
+    sent = forwarded["v2"]
     assert only_v2.startswith(sent) and not only_v2[len(sent):].strip(b"\0")
     assert found["v1"]["files"] == 1 and found["v2"]["files"] == 1
     assert found["v2"]["sha256"] == scan_stream(io.BytesIO(only_v2))["v2"]["sha256"]
@@ -286,3 +347,62 @@ def test_one_pass_forwards_each_volume_exactly_and_ends_the_archive_itself(tmp_p
     listing = subprocess.run(["tar", "-tf", str(tmp_path / "in.tar")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
     assert listing.stdout.decode().split() == ["v1/", "v1/f", "v2/", "v2/g"] and listing.stderr == b""
     assert b"smuggled" not in (tmp_path / "in.tar").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def gnu_tar(tmp_path_factory):
+    """What GNU tar writes for a volume with every kind of member (sparse, hard link, symlink, many small files)."""
+    root = tmp_path_factory.mktemp("gnu")
+    (root / "v1" / "sub").mkdir(parents=True)
+    (root / "v1" / "big").write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    (root / "v1" / "sub" / "a").write_bytes(b"one inode, two names")
+    os.link(root / "v1" / "sub" / "a", root / "v1" / "hard")
+    os.symlink("/etc", root / "v1" / "link")
+    (root / "v2").mkdir()
+    with open(root / "v2" / "sparse", "wb") as handle:
+        handle.truncate(5 * 1024 * 1024)
+        handle.seek(2 * 1024 * 1024 + 3)
+        handle.write(b"data in a hole")
+    for number in range(300):
+        (root / "v2" / ("f%03d" % number)).write_bytes(os.urandom(number * 97))
+    return subprocess.run(["tar", "--create", "--file=-", "--format=posix", "--sparse", "-C", str(root), "v1", "v2"],
+                          stdout=subprocess.PIPE, check=True).stdout
+
+
+@pytest.mark.parametrize("contents", [True, False])
+def test_pipe_reader_scans_like_the_portable_path_and_the_kernel_copies_every_byte(gnu_tar, contents):
+    expected = scan_stream(io.BytesIO(gnu_tar), contents=contents)
+    assert expected["v2"]["files"] == 301 and expected["v2"]["size"] > 5 * 1024 * 1024  # the hole counts, as on disk
+    with piped(gnu_tar) as stream:
+        reader = PipeReader(stream)
+        assert scan_stream(reader, contents=contents) == expected
+        reader.drain()
+    collector = PipeCollector()
+    with piped(gnu_tar + b"trailing") as stream:
+        reader = PipeReader(stream, collector)
+        assert scan_stream(reader, contents=contents) == expected
+        reader.drain()
+    assert collector.value() == gnu_tar + b"trailing"
+
+
+def test_pipe_reader_names_a_dead_compressor_and_truncation(gnu_tar):
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    dead = PipeCollector()
+    dead.tee_fd = lambda: write_fd
+    try:
+        with piped(gnu_tar) as stream, pytest.raises(BackupError, match="^the compressor stopped$"):
+            scan_stream(PipeReader(stream, dead))
+    finally:
+        os.close(write_fd)
+        dead.value()
+    with piped(gnu_tar[:2000000]) as stream, pytest.raises(BackupError, match="^archive %s is truncated or damaged \\(member v1/big is truncated\\)" % ARCHIVE):
+        scan_stream(PipeReader(stream), name=ARCHIVE)
+
+
+def test_one_pass_from_a_pipe_forwards_gnu_tar_streams_exactly(gnu_tar):
+    expected, found, error = _forwarded(gnu_tar, ["v1", "v2"], ["v1", "v2"], "memory")
+    assert error is None
+    sent, found_piped, error = _forwarded(gnu_tar, ["v1", "v2"], ["v1", "v2"], "pipe")
+    assert error is None and found_piped == found and sent == expected
+    assert found["v2"]["sha256"] == scan_stream(io.BytesIO(gnu_tar))["v2"]["sha256"]
