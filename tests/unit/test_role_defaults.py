@@ -121,3 +121,28 @@ def test_each_inventory_setting_is_defaulted_in_one_place():
                     where.setdefault(name, []).append(role)
     twice = ["%s (%s)" % (name, ", ".join(roles)) for name, roles in sorted(where.items()) if len(roles) > 1]
     assert not twice, "inventory settings defaulted in more than one role: %s; give each one backup_set_* variable" % "; ".join(twice)
+
+
+def included_roles(tasks):
+    for task in tasks or []:
+        for key in ("block", "rescue", "always"):
+            yield from included_roles(task.get(key))
+        for module in ("ansible.builtin.include_role", "ansible.builtin.import_role"):
+            if isinstance(task.get(module), dict):
+                yield task[module]["name"].split(".")[-1]
+
+
+def test_roles_included_by_roles_see_the_shared_defaults():
+    """A role included from another role resolves the variables it is given with its own dependencies' defaults only.
+
+    pitr passes `pitr_db_name` (= `backup_set_db`) to destructive_confirm: without backup_set among
+    destructive_confirm's dependencies that is `'backup_set_db' is undefined` at the confirmation of a recovery.
+    """
+    missing = set()
+    for role in ROLES:
+        directory = os.path.join(ROLES_DIR, role, "tasks")
+        for file_name in sorted(os.listdir(directory)):
+            for included in included_roles(load_yaml(os.path.join(directory, file_name)) or []):
+                if included != "backup_set" and "minimarket.backup.backup_set" not in dependencies(included):
+                    missing.add("%s (included by %s/tasks/%s)" % (included, role, file_name))
+    assert not missing, "roles without backup_set in meta/main.yml dependencies: %s" % "; ".join(sorted(missing))
