@@ -14,6 +14,8 @@ import re
 import pytest
 import yaml
 
+from tests.pg_fixtures import run_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TABLE = os.path.join(ROOT, "docs", "modules", "README.md")
 MODULES = sorted(name[:-3] for name in os.listdir(os.path.join(ROOT, "plugins", "modules")) if name.endswith(".py"))
@@ -171,6 +173,5 @@ MISSING = [
 @pytest.mark.parametrize("name, args, message", MISSING, ids=["%s %s" % (m[0], sorted(m[1])) for m in MISSING])
 def test_a_missing_option_fails_in_one_line_naming_it_before_anything_runs(name, args, message):
     """No silent default: the module stops first thing, naming what is missing and the fix."""
-    from tests.pg_fixtures import run_module
     result = run_module(args, module=os.path.join(ROOT, "plugins", "modules", name + ".py"))
     assert result["_rc"] == 1 and result["msg"] == message, result
