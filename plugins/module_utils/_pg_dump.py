@@ -67,7 +67,7 @@ JOIN pg_class t ON t.oid = d.refobjid
 JOIN pg_namespace tn ON tn.oid = t.relnamespace
 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
 GROUP BY tn.nspname, t.relname
-HAVING count(*) >= 1000 OR bool_or(strpos(sn.nspname || s.relname, chr(10)) > 0);
+HAVING count(*) >= 500 OR bool_or(strpos(sn.nspname || s.relname, chr(10)) > 0);
 """
 
 

@@ -90,6 +90,8 @@ def read_full(stream, size):
 COPY_STATEMENT = re.compile(rb'COPY (?:[^";]|"[^"]*")*;\n')
 COPY_FROM_STDIN = b" FROM stdin;\n"
 COPY_END = b"\n\\.\n"
+# More than what follows a table's data when it owns fewer than 500 sequences (at most about 900 bytes each).
+END_WINDOW = 1024 * 1024
 
 
 class CopyRowCounter(object):
@@ -101,10 +103,10 @@ class CopyRowCounter(object):
     data.  Counting lines replaces a ``count(*)`` that read every table a
     second time.  What follows the data (the values of the table's sequences,
     comments) cannot hold such a line unless a sequence's name holds a newline,
-    and is shorter than a chunk unless the table owns very many sequences: with
-    ``end_search`` (neither is the case) only the last two chunks are searched,
-    from the end, instead of every byte.  ``rows`` stays None until the end of
-    the data has been seen.
+    and is shorter than END_WINDOW unless the table owns very many sequences:
+    with ``end_search`` (neither is the case) only the stream's last END_WINDOW
+    bytes are searched, from the end, instead of every byte.  ``rows`` stays
+    None until the end of the data has been seen.
     """
 
     def __init__(self, end_search=True):
@@ -112,8 +114,8 @@ class CopyRowCounter(object):
         self.head = b""
         self.started = False
         self.newlines = 0
-        self.window = []  # end_search: the data of the last two chunks
-        self.from_start = True  # the window still begins where the data begins
+        self.seen = 0  # end_search: bytes of data before the last chunk, of which ``keep`` holds the last END_WINDOW
+        self.keep = b""
         self.tail = b"\n"  # otherwise: the last bytes seen, a virtual line end before the first row
         self.rows = None
 
@@ -134,16 +136,20 @@ class CopyRowCounter(object):
 
     def _feed_end(self, data, start, last):
         self.newlines += data.count(b"\n", start)
-        if len(self.window) == 2:
-            del self.window[0]
-            self.from_start = False
-        self.window.append(memoryview(data)[start:])
-        if last:
-            text = (b"\n" if self.from_start else b"") + b"".join(self.window)
-            at = text.rfind(COPY_END)
-            if at >= 0:
-                self.rows = self.newlines - text.count(b"\n", at + 1)
-            self.window = []
+        if not last:
+            self.seen += len(data) - start
+            self.keep = data[-END_WINDOW:] if len(data) - start >= END_WINDOW else (self.keep + data[start:])[-END_WINDOW:]
+            return
+        at = data.rfind(COPY_END, start)
+        if at >= 0:
+            self.rows = self.newlines - data.count(b"\n", at + 1)
+            return
+        text = self.keep + data[start:]
+        if self.seen <= len(self.keep):
+            text = b"\n" + text  # the data begins in ``text``: a virtual line end before the first row
+        at = text.rfind(COPY_END)
+        if at >= 0:
+            self.rows = self.newlines - text.count(b"\n", at + 1)
 
     def _feed_forward(self, data, start):
         edge = self.tail + data[start:start + 3]

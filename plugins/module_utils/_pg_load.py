@@ -143,6 +143,33 @@ def restore_archive(tools, backup_path, dbname, jobs, identity_file=None, archiv
         raise
 
 
+def member_data(tar, member):
+    """A member's bytes read past tarfile's stream (``r|``), which copies every byte several times in 8-10 KiB steps.
+
+    The member's region (its data and padding, up to ``tar.offset`` where the
+    next header starts) is taken from the stream's buffer and then straight
+    from the pipe, one copy, and the stream's position moved past it, so
+    tarfile goes on parsing from the same offset.
+    """
+    stream = tar.fileobj
+    if not isinstance(getattr(stream, "buf", None), bytes) or getattr(stream, "comptype", None) != "tar":
+        return tar.extractfile(member).read()
+    need = tar.offset - stream.pos
+    region = bytearray(need)
+    head = stream.buf[:need]
+    region[:len(head)] = head
+    stream.buf = stream.buf[len(head):]
+    view = memoryview(region)
+    done = len(head)
+    while done < need:
+        got = stream.fileobj.readinto(view[done:])
+        if not got:
+            raise tarfile.ReadError("unexpected end of data in member %s" % member.name)
+        done += got
+    stream.pos += need
+    return view[:member.size]
+
+
 def _read_members(tools, reader, target, active, finished, name):
     """Dispatch each chunk to its stream's loader; table data streams run concurrently, the rest in order."""
     in_data = False
@@ -150,10 +177,10 @@ def _read_members(tools, reader, target, active, finished, name):
     for member in tar:
         if not member.isfile():
             raise BackupError("archive member %s is not a regular file: %s is not a pg_split_dump backup" % (member.name, name))
-        data = tar.extractfile(member).read()
+        data = member_data(tar, member)
         if member.name == MANIFEST:
             _finish_data(active, finished)
-            return json.loads(data.decode("utf-8"))
+            return json.loads(bytes(data).decode("utf-8"))
         parsed = parse_member(member.name)
         if parsed is None:
             raise BackupError("archive member %s is not ours: %s is not a pg_split_dump backup" % (member.name, name))

@@ -93,17 +93,18 @@ def count_copy_rows(data, size, end_search):
 
 
 @pytest.mark.parametrize("end_search", [True, False])
-def test_copy_rows_are_the_lines_of_the_copy_data(end_search):
-    """Six rows (one of them empty) whatever the cut, escapes included; searching from the end needs chunks longer than what follows the data."""
-    sizes = range(COPY_TAIL, len(COPY_DUMP) + 1) if end_search else range(1, len(COPY_DUMP) + 1)
-    assert set(count_copy_rows(COPY_DUMP, size, end_search) for size in sizes) == {6}
+def test_copy_rows_are_the_lines_of_the_copy_data(end_search, monkeypatch):
+    """Six rows (one of them empty) whatever the cut, escapes included; from the end, a window just longer than what follows the data is enough."""
+    assert set(count_copy_rows(COPY_DUMP, size, end_search) for size in range(1, len(COPY_DUMP) + 1)) == {6}
+    monkeypatch.setattr(pg_format, "END_WINDOW", COPY_TAIL)
+    assert set(count_copy_rows(COPY_DUMP, size, end_search) for size in range(1, len(COPY_DUMP) + 1)) == {6}
 
 
 @pytest.mark.parametrize("end_search", [True, False])
 def test_copy_rows_of_an_empty_table_and_of_a_table_with_one_empty_row(end_search):
     empty = b'SET x = 1;\nCOPY public.t (a) FROM stdin;\n\\.\n\n'
     assert count_copy_rows(empty, len(empty), end_search) == 0
-    assert count_copy_rows(empty, 8, end_search=False) == 0
+    assert count_copy_rows(empty, 8, end_search) == 0
     one = b'COPY public.t  FROM stdin;\n\n\\.\n'
     assert count_copy_rows(one, 100, end_search) == 1
 
@@ -117,7 +118,7 @@ def test_copy_rows_from_the_start_when_a_sequence_name_holds_the_end_marker():
 
 def test_copy_rows_unknown_without_the_end_of_the_data_or_a_copy_statement(monkeypatch):
     cut = COPY_DUMP[:COPY_DUMP.index(b"\n\\.\n") + 1]
-    assert count_copy_rows(cut, 7, end_search=False) is None and count_copy_rows(cut, len(cut), end_search=True) is None
+    assert count_copy_rows(cut, 7, end_search=False) is None and count_copy_rows(cut, 7, end_search=True) is None
     assert count_copy_rows(b"SET x = 1;\n", 4, end_search=False) is None
     with pytest.raises(BackupError, match="unexpected COPY statement"):
         count_copy_rows(b'COPY public.t (a) TO stdout;\n', 100, True)
@@ -127,7 +128,7 @@ def test_copy_rows_unknown_without_the_end_of_the_data_or_a_copy_statement(monke
 
 
 def test_archive_writer_records_the_rows_of_a_table_stream(monkeypatch):
-    monkeypatch.setattr(pg_format, "CHUNK", COPY_TAIL + 7)
+    monkeypatch.setattr(pg_format, "CHUNK", 200)
     writer = pg_format.ArchiveWriter(io.BytesIO(), 1700000000)
     writer.copy_stream("data/0000.sql", io.BytesIO(COPY_DUMP), {"kind": "table-data", "table": "public.t"},
                        counter=pg_format.CopyRowCounter())
