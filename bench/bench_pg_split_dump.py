@@ -219,6 +219,7 @@ def main():
                 found = {}
 
                 def step():
+                    # dest, not backup_dir: the alias every version knows, so that --compare runs older checkouts too.
                     result, peak = run_module(repo, dict(conn_args, state="dump", dest=dest, environment="bench",
                                                          compression=compression))
                     found.update(result=result)
