@@ -20,12 +20,8 @@ import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
     ARCHIVE_MISSING,
-    CHUNK,
     METADATA_SUFFIX,
-    AtomicFile,
     Backup,
-    BackupError,
-    backup_lock,
     check_environment,
     checksum_problem,
     judge,
@@ -34,6 +30,9 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     orphan_metadata,
     parse_archive_name,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import AtomicFile, backup_lock
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import CHUNK
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import (
     STATE_COMPLETE,
     STATE_INCOMPLETE,

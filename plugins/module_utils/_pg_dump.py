@@ -17,20 +17,24 @@ import threading
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    EXTENSIONS,
     FORMAT_VERSION,
-    AtomicFile,
-    BackupError,
-    CompressedSink,
     archive_name,
-    backup_lock,
     check_environment,
-    check_recipients,
-    encryption_record,
+    utc_now,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import (
+    AtomicFile,
+    backup_lock,
     new_archive_path,
     remove_stale_partials,
-    utc_now,
     write_metadata,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import (
+    EXTENSIONS,
+    CompressedSink,
+    check_recipients,
+    encryption_record,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_catalog import (
     DATABASE_PROPERTIES,

@@ -9,7 +9,7 @@ where the collection decides which roles must exist and which it may create.
 import io
 import re
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import extract_stream
 
 

@@ -16,12 +16,8 @@ import tarfile
 import tempfile
 import threading
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    TAR_PARSE_ERRORS,
-    BackupError,
-    archive_stream,
-    damaged_archive,
-)
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import TAR_PARSE_ERRORS, archive_stream, damaged_archive
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import ARCHIVE_FORMAT, MANIFEST, parse_member
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import explain
 

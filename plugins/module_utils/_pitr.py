@@ -22,12 +22,9 @@ import re
 import shutil
 import time
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    AtomicFile,
-    BackupError,
-    check_environment,
-    fsync_directory,
-)
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import check_environment
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import AtomicFile, fsync_directory
 from ansible_collections.minimarket.backup.plugins.module_utils._compose import service_container
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_verify import VerifyFailed
 

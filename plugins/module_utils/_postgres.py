@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 import threading
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._compose import service_container
 
 SENTINEL = "__minimarket_backup_done__"

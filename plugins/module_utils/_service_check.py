@@ -26,7 +26,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _backup_s
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils import _services as sv
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive as va
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 
 KINDS = ("redis", "prometheus", "sqlite", "http")
 DEFAULT_PORTS = {"redis": 6379, "prometheus": 9090}

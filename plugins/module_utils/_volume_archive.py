@@ -32,8 +32,21 @@ import tempfile
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
+from ansible_collections.minimarket.backup.plugins.module_utils._files import (
+    AtomicFile,
+    backup_lock,
+    new_archive_path,
+    remove_stale_partials,
+    write_metadata,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import (
+    CompressedSink,
+    archive_stream,
+    check_recipients,
+    encryption_record,
+)
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine, containers_stopped, start_stopped
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_consistency as vc
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import (
@@ -275,7 +288,7 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
     if not names:
         raise BackupError("volumes is empty: list the volumes to archive")
     bs.check_environment(environment)
-    recipients = bs.check_recipients(recipients)
+    recipients = check_recipients(recipients)
     modes = vc.plan(names, consistency)
     planned = bs.archive_name(KIND, environment, bs.utc_now(), compression, bool(recipients))
     infos = inspect_all(engine, names)
@@ -292,18 +305,18 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
     if not os.path.isdir(dest):
         os.makedirs(dest, 0o700)
     stopped = []
-    with bs.backup_lock(dest, KIND, environment):
-        bs.remove_stale_partials(dest, KIND, environment)
+    with backup_lock(dest, KIND, environment):
+        remove_stale_partials(dest, KIND, environment)
         when = bs.utc_now()
-        path = bs.new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
+        path = new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
         started = time.time()
-        target = bs.AtomicFile(path)
+        target = AtomicFile(path)
         sink = None
         try:
             mountpoints = dict((info["Name"], host_mountpoint(info)) for info in infos) if mode == "host" else None
             with vc.prepared(engine, infos, mountpoints, modes, users, dest, journal, warnings) as prepared:
                 to_stop = _stop_list(users, dict((n, v.mode) for n, v in prepared.items()), stop_containers, warnings)
-                sink = bs.CompressedSink(target.handle, compression, recipients)
+                sink = CompressedSink(target.handle, compression, recipients)
                 with containers_stopped(engine, to_stop, stopped, journal):
                     if mode == "host":
                         summaries, race = read_host(vc.tar_command(prepared, host_create_command([])), sink, names)
@@ -337,13 +350,13 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
             "compression": compression,
             "size": size,
             "sha256": digest,
-            "encryption": bs.encryption_record(recipients),
+            "encryption": encryption_record(recipients),
             "read_mode": mode,
             "volumes": records,
             "stopped_containers": [entry["name"] for entry in stopped],
             "warnings": warnings,
         }
-        meta_path = bs.write_metadata(path, metadata)
+        meta_path = write_metadata(path, metadata)
     result.update({
         "archive": path, "metadata": meta_path, "size": size, "sha256": digest,
         "duration": round(time.time() - started, 3), "volumes": records,
@@ -373,7 +386,7 @@ def scan_archive(backup, allow_devices=False, contents=True):
     declared = [v["name"] for v in backup.metadata.get("volumes", [])]
     check_volume_names(declared)
     checker = SafetyChecker(declared, allow_devices=allow_devices)
-    with bs.archive_stream(backup.path, backup.identity_file) as stream:
+    with archive_stream(backup.path, backup.identity_file) as stream:
         reader = PipeReader(stream) if is_pipe(stream) else TeeReader(stream)
         summaries = scan_stream(reader, checker=checker, contents=contents, name=backup.name)
         reader.drain()
@@ -468,7 +481,7 @@ def _extract(backup, records, mountpoints, tag, staging_dirs, journal, checker, 
             sink = TarSink(proc.stdin)
             extractions.append((staging, proc, sink, names))
             sinks.update((name, sink) for name in names)
-        stream = stack.enter_context(bs.archive_stream(backup.path, backup.identity_file, digest=digest))
+        stream = stack.enter_context(archive_stream(backup.path, backup.identity_file, digest=digest))
         try:
             summaries = extract_stream(stream, checker, sinks, backup.name)
             for extraction in extractions:
@@ -577,7 +590,7 @@ def _api_put(engine, backup, records, helper_image, mounts, wipe):
     with engine.helper(helper_image, mounts, read_only=False, command=command) as container_id:
         if wipe:
             engine.run_helper(container_id)
-        with bs.archive_stream(backup.path, backup.identity_file) as stream:
+        with archive_stream(backup.path, backup.identity_file) as stream:
             try:
                 ok = engine.api.put_archive(container_id, "/mm", stream)
             except Exception as exc:

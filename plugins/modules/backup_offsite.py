@@ -267,7 +267,8 @@ metadata:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._offsite import (
     Rclone,
     fetch,

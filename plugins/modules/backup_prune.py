@@ -183,7 +183,8 @@ warnings:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import POLICY_ARGUMENT_SPEC, policy_from_params, prune
 
 

@@ -325,7 +325,8 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, encryption_argument_spec
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import encryption_argument_spec
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import (
     DOCKER_IMPORT_ERROR,
     HAS_DOCKER,

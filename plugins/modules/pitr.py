@@ -212,7 +212,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_verify import VerifyFailed, check_content, table_rows
 from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (

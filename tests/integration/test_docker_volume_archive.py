@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive as va
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from tests.volume_fixtures import (
     LONG_NAME,
     blocks_bytes,

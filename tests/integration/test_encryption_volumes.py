@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive as va
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from tests.volume_fixtures import populate, read_metadata, snapshot
 from tests.age_keys import make_key
 

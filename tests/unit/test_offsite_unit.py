@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._offsite import (
     Rclone,
     RemoteBackup,

@@ -15,7 +15,9 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _pg_dump 
 from ansible_collections.minimarket.backup.plugins.module_utils import _pg_format as pg_format
 from ansible_collections.minimarket.backup.plugins.module_utils import _pg_globals as pg_globals
 from ansible_collections.minimarket.backup.plugins.module_utils import _pg_load as pg_load
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, CompressedSink, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import CompressedSink
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import (
     PgTools,
     SPOOL_SCRIPT,
