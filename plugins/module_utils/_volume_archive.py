@@ -26,9 +26,7 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tarfile
-import tempfile
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
@@ -45,6 +43,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import
     check_recipients,
     encryption_record,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils._process import PIPE, Process
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine, containers_stopped, start_stopped
@@ -132,25 +131,6 @@ def choose_mode(engine, infos, mode):
     return mode
 
 
-@contextlib.contextmanager
-def _popen(command, **kwargs):
-    """Popen (not run_command) because the data streams through while it runs."""
-    stderr = tempfile.TemporaryFile()
-    proc = subprocess.Popen(command, stderr=stderr, **kwargs)
-    proc.stderr_file = stderr
-    try:
-        yield proc
-    except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-        raise
-    finally:
-        proc.wait()
-        stderr.seek(0)
-        proc.stderr_text = stderr.read().decode("utf-8", "replace")
-        stderr.close()
-
-
 def host_create_command(groups, transform=True):
     """GNU tar over ``[(parent, member)]``; archive names become ``<volume>/...``."""
     command = list(TAR_CREATE)
@@ -163,7 +143,7 @@ def host_create_command(groups, transform=True):
 
 def read_host(command, sink, volumes, contents=True):
     """Run GNU tar, copy its stream into ``sink`` and digest it; returns (summaries, warnings)."""
-    with _popen(command, stdout=subprocess.PIPE) as proc:
+    with Process(command, stdout=PIPE) as proc:
         if is_pipe(proc.stdout) and (sink is None or sink.tee_fd() is not None):
             if sink is not None:
                 widen_pipe(sink.tee_fd())
@@ -173,7 +153,8 @@ def read_host(command, sink, volumes, contents=True):
         summaries = scan_stream(reader, volumes=set(volumes), contents=contents)
         reader.drain()
         rc = proc.wait()
-    warnings, errors = classify_tar_stderr(proc.stderr_text)
+        stderr = proc.stderr()
+    warnings, errors = classify_tar_stderr(stderr)
     if errors or (rc != 0 and not warnings):
         raise BackupError("GNU tar failed reading the volumes (exit %d): %s" % (rc, (errors or ["no message"])[0]))
     return summaries, warnings
@@ -476,7 +457,7 @@ def _extract(backup, records, mountpoints, tag, staging_dirs, journal, checker, 
             journal.record("staging_directory", path=staging)
             os.mkdir(staging, 0o700)
             staging_dirs.append(staging)
-            proc = stack.enter_context(_popen(TAR_EXTRACT + ["-C", staging, "--"] + names, stdin=subprocess.PIPE))
+            proc = stack.enter_context(Process(TAR_EXTRACT + ["-C", staging, "--"] + names, stdin=PIPE))
             widen_pipe(proc.stdin.fileno())
             sink = TarSink(proc.stdin)
             extractions.append((staging, proc, sink, names))
@@ -486,25 +467,17 @@ def _extract(backup, records, mountpoints, tag, staging_dirs, journal, checker, 
             summaries = extract_stream(stream, checker, sinks, backup.name)
             for extraction in extractions:
                 extraction[2].close()
+            failed = [(staging, proc.reason()) for staging, proc, unused_sink, unused_names in extractions if proc.wait() != 0]
         except BrokenPipeError:
             dead = [(staging, proc) for staging, proc, sink, unused in extractions if sink.broken]
             for unused, proc in dead:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
+                proc.exited(10)
             raise BackupError("GNU tar stopped while extracting into %s (%s): the volumes were not changed" % (
                 ", ".join(staging for staging, unused in dead) or "the staging directory",
-                "; ".join(_last_line(proc) for unused, proc in dead) or "broken pipe"))
-    for staging, proc, unused_sink, unused_names in extractions:
-        if proc.returncode != 0:
-            raise BackupError("extracting into %s failed (%s): the volumes were not changed" % (
-                staging, (proc.stderr_text.strip().splitlines() or ["exit %d" % proc.returncode])[-1]))
+                "; ".join(proc.reason() for unused, proc in dead) or "broken pipe"))
+    if failed:
+        raise BackupError("extracting into %s failed (%s): the volumes were not changed" % failed[0])
     return summaries, extractions
-
-
-def _last_line(proc):
-    proc.stderr_file.seek(0)
-    lines = proc.stderr_file.read().decode("utf-8", "replace").strip().splitlines()
-    return lines[-1] if lines else "exit %d" % proc.returncode
 
 
 def _compare(backup, summaries, hashed):

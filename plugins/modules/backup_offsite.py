@@ -273,7 +273,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._offsite import 
     Rclone,
     fetch,
     list_remote,
-    module_runner,
     prune,
     push,
     push_failure_message,
@@ -307,7 +306,7 @@ def main():
     module.no_log_values.update(secret_values(params["remote_config"]))
 
     try:
-        rclone = Rclone(module.get_bin_path("rclone", required=True), params["remote"], module_runner(module),
+        rclone = Rclone(module.get_bin_path("rclone", required=True), params["remote"],
                         rclone_config=params["rclone_config"], remote_config=params["remote_config"])
         kind, environment = params["kind"], params["environment"]
         if params["state"] == "push":

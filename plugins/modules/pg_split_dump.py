@@ -561,7 +561,7 @@ def main():
     )
     if module.params["jobs"] < 1:
         module.fail_json(msg="jobs is %d: set jobs to 1 or more" % module.params["jobs"])
-    tools = PgTools(module.params, run_command=module.run_command)
+    tools = PgTools(module.params)
     journal_dir = module.params["journal_dir"] or _journal.default_dir(module.params["dest"], module.params["src"])
     repaired = []
     try:

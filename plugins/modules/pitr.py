@@ -241,8 +241,8 @@ def run(module, barman):
                     target_time=target if isinstance(target, str) else target.isoformat(" "))
     if params["state"] == "verify":
         return verify_scratch(module, barman)
-    params["container"] = live_container(params, module.run_command)
-    tools = PgTools(params, run_command=module.run_command)
+    params["container"] = live_container(params)
+    tools = PgTools(params)
     if params["state"] == "status":
         result = status(barman, tools, params["slot_name"], params["environment"], params["textfile_dir"], time.time(),
                         write=not module.check_mode)
@@ -268,9 +268,9 @@ def verify_scratch(module, barman):
     target = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=params["verify_minutes"])
     if module.check_mode:
         return dict(changed=False, backup_id=choose_backup(target, barman.backups())["backup_id"], target_time=target.isoformat(" "))
-    params["container"] = live_container(params, module.run_command)
+    params["container"] = live_container(params)
     engine = Engine(params["docker_host"])
-    live = Cluster(engine, params["container"], params["data_dir"], PgTools(params, run_command=module.run_command))
+    live = Cluster(engine, params["container"], params["data_dir"], PgTools(params))
     wal = live.switch_wal()
     if wal:
         barman.wait_archived(wal)
@@ -279,7 +279,7 @@ def verify_scratch(module, barman):
     workdir = os.path.join(os.path.dirname(barman.home()), "verify-" + barman.server)
 
     def make_tools(container):
-        return PgTools(dict(container=container, login_user=params["login_user"]), run_command=module.run_command)
+        return PgTools(dict(container=container, login_user=params["login_user"]))
 
     def checks(tools):
         return check_content(tools, params["db"], table_rows(tools, params["db"]), params["critical_tables"], params["queries"])
@@ -312,7 +312,7 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[("container", "compose_service")],
                            required_together=[("compose_project", "compose_service")])
-    barman = Barman(module.params["config"], module.params["server"], module.run_command)
+    barman = Barman(module.params["config"], module.params["server"])
     try:
         result = run(module, barman)
     except VerifyFailed as exc:
