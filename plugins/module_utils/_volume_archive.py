@@ -19,6 +19,7 @@ decompresses the archive once: each member is checked before its bytes are
 forwarded to the GNU tar that extracts it beside the data.
 """
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -262,8 +263,25 @@ def _unique_containers(users):
     return sorted(seen.items(), key=lambda item: item[1])
 
 
-def archive(engine, names, dest, environment, compression="gzip", mode="auto", stop_containers=False,
-            helper_image=DEFAULT_HELPER_IMAGE, check_mode=False, recipients=None, consistency=None, journal=None):
+class ArchiveOptions(collections.namedtuple(
+        "ArchiveOptions", "names dest environment compression mode stop_containers helper_image recipients consistency",
+        defaults=("gzip", "auto", False, DEFAULT_HELPER_IMAGE, None, None))):
+    """What one archive writes and how (the module's options), built once by the module instead of a long positional list."""
+
+    __slots__ = ()
+
+
+class RestoreOptions(collections.namedtuple(
+        "RestoreOptions", "src dest environment names mode stop_containers helper_image allow_devices check_restored identity_file",
+        defaults=(None, "auto", False, DEFAULT_HELPER_IMAGE, False, True, None))):
+    """What one restore does (the module's options); ``names`` None restores every volume of the archive."""
+
+    __slots__ = ()
+
+
+def archive(engine, options, check_mode=False, journal=None):
+    """``options`` is an ArchiveOptions; ``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
+    names, dest, environment, compression, mode, stop_containers, helper_image, recipients, consistency = options
     journal = journal or _journal.Job(None, "archive")
     check_volume_names(names)
     if not names:
@@ -627,10 +645,9 @@ def scratch_volumes(engine, backup, journal, names=None, naming=None, labels=Non
             engine.remove_volume(info["Name"])
 
 
-def restore(engine, src, dest, environment, names=None, mode="auto", stop_containers=False,
-            helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False, check_mode=False, check_restored=True, identity_file=None,
-            journal=None):
-    """``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
+def restore(engine, options, check_mode=False, journal=None):
+    """``options`` is a RestoreOptions; ``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
+    src, dest, environment, names, mode, stop_containers, helper_image, allow_devices, check_restored, identity_file = options
     journal = journal or _journal.Job(None, "restore")
     # The key of an encrypted archive is proven here, before any container is stopped or volume touched.  A host-mode
     # restore takes the archive's sha256 in its one pass and compares it before anything is swapped in (_stage).

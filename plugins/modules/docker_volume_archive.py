@@ -396,19 +396,16 @@ def run(module, p, journal_dir):
         if not p["volumes"]:
             raise BackupError("state=archive needs volumes: list the volumes to archive")
         with _journal.job(None if module.check_mode else journal_dir, "docker_volume_archive archive") as journal:
-            result = va.archive(
-                engine, p["volumes"], p["dest"], p["environment"], p["compression"], p["mode"],
-                p["stop_containers"], p["helper_image"], module.check_mode, p["age_recipients"], p["consistency"], journal,
-            )
+            options = va.ArchiveOptions(p["volumes"], p["dest"], p["environment"], p["compression"], p["mode"], p["stop_containers"],
+                                        p["helper_image"], p["age_recipients"], p["consistency"])
+            result = va.archive(engine, options, check_mode=module.check_mode, journal=journal)
         for warning in result.pop("warnings"):
             module.warn(warning)
         return result
     with _journal.job(None if module.check_mode else journal_dir, "docker_volume_archive restore") as journal:
-        result = va.restore(
-            engine, p["src"], p["dest"], p["environment"], p["volumes"] or None, p["mode"],
-            p["stop_containers"], p["helper_image"], p["allow_devices"], module.check_mode, p["check_restored"],
-            p["age_identity_file"], journal,
-        )
+        options = va.RestoreOptions(p["src"], p["dest"], p["environment"], p["volumes"] or None, p["mode"], p["stop_containers"],
+                                    p["helper_image"], p["allow_devices"], p["check_restored"], p["age_identity_file"])
+        result = va.restore(engine, options, check_mode=module.check_mode, journal=journal)
     for warning in result.pop("warnings"):
         module.warn(warning)
     if module._diff:
