@@ -141,7 +141,7 @@ def child(args):
         extra = {"size": run["value"]["size"], "archive": run["value"]["archive"], "extra_disk": (peak[0] - old) / float(run["value"]["size"])}
     else:
         run = timed(lambda: va.restore(engine, va.RestoreOptions(args.src, args.dest, args.env, names, mode="host",
-                                                                   check_restored=args.check_restored == "yes")))
+                                                                 check_restored=args.check_restored == "yes")))
     usage_self = resource.getrusage(resource.RUSAGE_SELF)
     usage_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps(dict(extra, seconds=run["seconds"], rss_mb=usage_self.ru_maxrss / 1024.0,

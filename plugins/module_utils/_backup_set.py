@@ -309,4 +309,3 @@ def resolve_source(src, directory, kind, environment, identity_file=None, checks
         backup.warnings.extend(check_identity(backup, identity_file))
         backup.identity_file = identity_file
     return backup
-

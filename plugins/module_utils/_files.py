@@ -131,4 +131,3 @@ def write_metadata(archive_path, data):
         target.handle.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
         target.commit()
     return path
-

@@ -310,8 +310,6 @@ def _feed(source, target, digest):
             target.close()
 
 
-
-
 @contextlib.contextmanager
 def archive_stream(path, identity_file=None, partial=False, digest=None):
     """The plaintext tar stream of an archive: the file, through ``age -d`` and the decompressor its name calls for.

@@ -36,7 +36,7 @@ class Process(object):
                                          env=dict(os.environ, **env) if env else None)
         except OSError as exc:
             self._errors.close()
-            raise BackupError("cannot run %s (%s): install it on this host (apt install %s)" % (argv[0], exc.strerror or exc, argv[0]))
+            raise BackupError("cannot run %s (%s): install it on this host (apt install %s)" % (argv[0], exc.strerror or exc, os.path.basename(argv[0])))
 
     @property
     def stdin(self):
@@ -57,8 +57,8 @@ class Process(object):
     def poll(self):
         return self.proc.poll()
 
-    def wait(self, timeout=None):
-        return self.proc.wait(timeout)
+    def wait(self):
+        return self.proc.wait()
 
     def exited(self, timeout):
         """The exit status, waiting at most ``timeout`` seconds; None while the child still runs."""

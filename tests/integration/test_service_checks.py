@@ -221,7 +221,7 @@ def test_admin_api_off_falls_back_to_stop_with_a_warning(offline_project):
                 break
             time.sleep(1)
         result = va.archive(engine, va.ArchiveOptions([prometheus], dest, "development", stop_containers=True,
-                                                     consistency={prometheus: "prometheus"}))
+                                                      consistency={prometheus: "prometheus"}))
         assert [w.split(" (HTTP")[0] for w in result["warnings"]] == [
             "volume %s: the admin API of Prometheus in %s is off or failed" % (prometheus, name)]
         assert result["warnings"][0].endswith("start Prometheus with --web.enable-admin-api for online backups; "

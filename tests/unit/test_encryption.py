@@ -176,7 +176,7 @@ def test_resolve_source_proves_the_key_before_anything(tmp_path, keys):
     backup = bs.resolve_source("latest", str(tmp_path), "database", "production", identity)
     assert backup.path == path and backup.identity_file == identity and backup.warnings == []
     with pytest.raises(BackupError, match="^%s is encrypted with age: pass age_identity_file with the private key of one of "
-                                             "its recipients$" % name):
+                                          "its recipients$" % name):
         bs.resolve_source(path, str(tmp_path), "database", "production")
     with pytest.raises(BackupError) as caught:
         bs.resolve_source(path, str(tmp_path), "database", "production", wrong)
@@ -184,14 +184,14 @@ def test_resolve_source_proves_the_key_before_anything(tmp_path, keys):
                                  "use the key of one of %s" % (wrong, name, public))
     missing = str(tmp_path / "nope.txt")
     with pytest.raises(BackupError, match="^age identity file %s cannot be read \\(No such file or directory\\): copy the "
-                                             "private key there" % missing):
+                                          "private key there" % missing):
         bs.resolve_source(path, str(tmp_path), "database", "production", missing)
     not_a_key = str(tmp_path / "not-a-key.txt")
     with open(not_a_key, "w") as handle:
         handle.write("hello\n")
     os.chmod(not_a_key, 0o600)
     with pytest.raises(BackupError, match="^decrypting %s with the age identity %s failed \\(age: .*\\): age_identity_file "
-                                             "must be" % (name, not_a_key)):
+                                          "must be" % (name, not_a_key)):
         bs.resolve_source(path, str(tmp_path), "database", "production", not_a_key)
     os.chmod(identity, 0o644)
     backup = bs.resolve_source(path, str(tmp_path), "database", "production", identity)
