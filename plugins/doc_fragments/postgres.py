@@ -12,6 +12,7 @@ options:
       - The PostgreSQL role to connect as.
     type: str
     default: postgres
+    aliases: [login]
   login_password:
     description:
       - The password of O(login_user).
@@ -24,16 +25,36 @@ options:
       - Empty means the default local Unix socket.
     type: str
     default: ''
+    aliases: [host]
   login_port:
     description:
       - Database port.
     type: int
     default: 5432
+    aliases: [port]
   login_unix_socket:
     description:
       - Directory of the server's Unix socket; takes precedence over O(login_host).
     type: str
     default: ''
+    aliases: [unix_socket]
+  ssl_mode:
+    description:
+      - Whether and how the connection is encrypted with SSL and the server's certificate checked, as libpq's
+        C(sslmode) (U(https://www.postgresql.org/docs/current/libpq-ssl.html)). V(verify-full) checks that
+        O(ca_cert) signed the server's certificate and that it names O(login_host).
+      - Passed to the client tools in their environment (E(PGSSLMODE)), never on the command line. Unset leaves
+        libpq's own default (E(PGSSLMODE) of the environment, else V(prefer)).
+    type: str
+    choices: [allow, disable, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description:
+      - File of the certificate authority (or authorities) that signed the server's certificate, checked with
+        O(ssl_mode=verify-ca) or O(ssl_mode=verify-full).
+      - Passed as E(PGSSLROOTCERT) in the tools' environment. With O(container) or O(compose_service), a path inside
+        the container.
+    type: str
+    aliases: [ssl_rootcert]
   maintenance_db:
     description:
       - Database used for administrative statements (create, rename, drop databases).

@@ -20,8 +20,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._offsite import check_remote_sums, scan_remote
 
-KINDS = ("database", "volumes")
-
 
 def entry(name, created, size, problem, metadata, now, path=None):
     """One backup as backup_info returns it; ``sha256`` only for a complete one, ``problem`` only for the others."""

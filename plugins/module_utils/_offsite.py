@@ -323,10 +323,10 @@ def _kept_by_remote_policy(remote_set, local, policy, now):
 def push(rclone, src_dir, kind, environment, policy, now, check_mode=False):
     """Copy every complete local pair the remote lacks and its retention keeps, newest first; stop at the first transfer failure."""
     if not os.path.isdir(src_dir):
-        raise BackupError("src_dir %s does not exist or is not a directory: give the local backup directory" % src_dir)
+        raise BackupError("backup_dir %s does not exist or is not a directory: give the local backup directory" % src_dir)
     started = time.monotonic()
     remote_set = scan_remote(rclone, kind, environment)
-    result = dict(pushed=[], skipped=[], expired=[], failed=[], incomplete=[], bytes=0)
+    result = dict(pushed=[], already_remote=[], expired=[], failed=[], incomplete=[], bytes=0)
     local = list_backups(src_dir, kind, environment)
     kept = _kept_by_remote_policy(remote_set, [b for b in local if b.complete], policy, now)
     for backup in reversed(local):
@@ -339,7 +339,7 @@ def push(rclone, src_dir, kind, environment, policy, now, check_mode=False):
         there = remote_set.get(backup.name)
         if there is not None and there.complete:
             if there.metadata["sha256"] == backup.metadata.get("sha256"):
-                result["skipped"].append(backup.name)
+                result["already_remote"].append(backup.name)
             else:
                 result["failed"].append(dict(name=backup.name, reason=(
                     "the remote holds a different backup with this name (sha256 %s, local %s): move one of them away"
@@ -409,18 +409,6 @@ def check_remote_sums(rclone, remote_set):
         backup.problem = checksum_problem(rclone.hash_remote(backup.name)[1], backup.metadata, "remote copy")
 
 
-def list_remote(rclone, kind, environment, checksum=False):
-    """The remote set newest first; with checksum, every complete archive is streamed back and hashed."""
-    remote_set = scan_remote(rclone, kind, environment)
-    if checksum:
-        check_remote_sums(rclone, remote_set)
-    backups = [b.as_dict() for b in reversed(remote_set.backups)]
-    backups.extend(dict(name=name, created=created.isoformat(), complete=False, problem=ARCHIVE_MISSING)
-                   for name, created in remote_set.orphans)
-    latest = [b["name"] for b in backups if b["complete"]]
-    return dict(backups=backups, latest=latest[0] if latest else None)
-
-
 def _choose(remote_set, backup, kind, environment, remote):
     if backup == "latest":
         complete = remote_set.complete()
@@ -429,7 +417,7 @@ def _choose(remote_set, backup, kind, environment, remote):
         return complete[-1]
     name = os.path.basename(backup)
     if not _set_of(name, kind, environment):
-        raise BackupError("%s is not a %s backup of %r: pass backup=latest or the archive name of one, as shown by state=report"
+        raise BackupError("%s is not a %s backup of %r: pass src=latest or the archive name of one, as shown by state=report"
                           % (backup, kind, environment))
     found = remote_set.get(name)
     if found is None:

@@ -25,13 +25,19 @@ FIELD_SEP = "\x1f"
 SPOOL_SCRIPT = 'f=$(mktemp) || exit 70; trap \'rm -f "$f"\' EXIT; cat >"$f" || exit 71; "$@" "$f"'
 
 
+SSL_MODES = ["allow", "disable", "prefer", "require", "verify-ca", "verify-full"]
+
+
 def postgres_common_argument_spec():
+    """The connection options (doc fragment minimarket.backup.postgres); aliases are community.postgresql's names."""
     return dict(
-        login_user=dict(type="str", default="postgres"),
+        login_user=dict(type="str", default="postgres", aliases=["login"]),
         login_password=dict(type="str", default="", no_log=True),
-        login_host=dict(type="str", default=""),
-        login_port=dict(type="int", default=5432),
-        login_unix_socket=dict(type="str", default=""),
+        login_host=dict(type="str", default="", aliases=["host"]),
+        login_port=dict(type="int", default=5432, aliases=["port"]),
+        login_unix_socket=dict(type="str", default="", aliases=["unix_socket"]),
+        ssl_mode=dict(type="str", choices=SSL_MODES),
+        ca_cert=dict(type="str", aliases=["ssl_rootcert"]),
         maintenance_db=dict(type="str", default="postgres"),
         container=dict(type="str"),
         compose_project=dict(type="str"),
@@ -72,6 +78,9 @@ def explain(stderr, what, rc=None, container=None):
     text = " ".join((interesting or lines)[:2])
     text = re.sub(r"\s+", " ", text)
     hints = [
+        (r"certificate verify failed|root certificate file|does not match host name|server does not support SSL",
+         "check ssl_mode and ca_cert (the CA that signed the server's certificate)"),
+        (r"no pg_hba.conf entry .* no encryption", "the server takes SSL connections only: set ssl_mode (verify-full with ca_cert)"),
         (r"password authentication failed|no password supplied|authentication failed", "check login_user/login_password"),
         (r"database \".*\" does not exist", "check the db name (or create the database)"),
         (r"Connection refused|No such file or directory.*socket|could not connect|server closed the connection|"
@@ -105,6 +114,10 @@ class PgTools(object):
             self.conn_env["PGUSER"] = params["login_user"]
         if params.get("login_password"):
             self.conn_env["PGPASSWORD"] = params["login_password"]
+        if params.get("ssl_mode"):
+            self.conn_env["PGSSLMODE"] = params["ssl_mode"]
+        if params.get("ca_cert"):
+            self.conn_env["PGSSLROOTCERT"] = params["ca_cert"]
 
     @property
     def container(self):

@@ -239,7 +239,7 @@ def _scheme_of(name):
 
 def require_directory(directory):
     if not os.path.isdir(directory):
-        raise BackupError("backup directory %s does not exist or is not a directory: check path" % directory)
+        raise BackupError("backup directory %s does not exist or is not a directory: check backup_dir" % directory)
 
 
 def scan(directory, kind, environment):

@@ -12,7 +12,7 @@ module: backup_info
 short_description: List the backups of one set, local or at the second location, with which are complete and the newest complete one
 version_added: 0.1.0
 description:
-  - Lists the backups of one O(kind) and O(environment) in a local directory (O(path)) or at the second location
+  - Lists the backups of one O(kind) and O(environment) in a local directory (O(backup_dir)) or at the second location
     (O(remote), the rclone remote of M(minimarket.backup.backup_offsite)), newest first, each with its time, size and
     whether it is complete, and if not, why.
   - A backup is complete when its C(_metadata.json) exists, is a JSON object, names the archive and records its size and
@@ -36,29 +36,15 @@ attributes:
   idempotent:
     description: Never changes anything.
     support: full
+extends_documentation_fragment:
+  - minimarket.backup.backup_set
+  - minimarket.backup.backup_set.SET
 options:
-  kind:
-    description:
-      - Kind of the backup set, as in the file names.
-    type: str
-    choices: [database, volumes]
-    required: true
-  environment:
-    description:
-      - Environment of the backup set, as in the file names, for example V(production).
-    type: str
-    required: true
-  path:
-    description:
-      - Local directory of the backups, for example C(/var/backups/minimarket/database) (C(<backup root>/<kind>)).
-      - A directory that does not exist holds no backups.
-      - Exactly one of O(path) and O(remote) is required.
-    type: path
   remote:
     description:
       - The rclone path of the remote directory, C(<remote name>:<path>), as for M(minimarket.backup.backup_offsite),
         for example C(offsite:minimarket/production/database).
-      - Exactly one of O(path) and O(remote) is required.
+      - Exactly one of O(backup_dir) (a directory that does not exist holds no backups) and O(remote) is required.
     type: str
   rclone_config:
     description:
@@ -90,7 +76,7 @@ EXAMPLES = r"""
   minimarket.backup.backup_info:
     kind: database
     environment: production
-    path: /var/backups/minimarket/database
+    backup_dir: /var/backups/minimarket/database
   register: database_backups
 
 - name: Say which backup a restore with src=latest would take
@@ -111,7 +97,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 location:
-  description: Where the backups were listed, O(path) or O(remote).
+  description: Where the backups were listed, O(backup_dir) or O(remote).
   returned: always
   type: str
   sample: /var/backups/minimarket/database
@@ -127,7 +113,7 @@ backups:
     path:
       description: Local path of the archive (or of the orphan metadata file).
       type: str
-      returned: with O(path)
+      returned: with O(backup_dir)
     created:
       description: UTC time of the backup (from its name), ISO 8601.
       type: str
@@ -183,36 +169,37 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _backup_i
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._offsite import Rclone, secret_values
+from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import backup_dir_argument_spec, set_argument_spec
 
 
 def main():
+    argument_spec = set_argument_spec()
+    argument_spec.update(backup_dir_argument_spec())
+    argument_spec.update(
+        remote=dict(type="str"),
+        rclone_config=dict(type="path"),
+        remote_config=dict(type="dict", no_log=False),
+        checksum=dict(type="bool", default=False),
+    )
     module = AnsibleModule(
-        argument_spec=dict(
-            kind=dict(type="str", choices=list(_backup_info.KINDS), required=True),
-            environment=dict(type="str", required=True),
-            path=dict(type="path"),
-            remote=dict(type="str"),
-            rclone_config=dict(type="path"),
-            remote_config=dict(type="dict", no_log=False),
-            checksum=dict(type="bool", default=False),
-        ),
-        required_one_of=[("path", "remote")],
-        mutually_exclusive=[("path", "remote"), ("rclone_config", "remote_config")],
+        argument_spec=argument_spec,
+        required_one_of=[("backup_dir", "remote")],
+        mutually_exclusive=[("backup_dir", "remote"), ("rclone_config", "remote_config")],
         required_by=dict(rclone_config="remote", remote_config="remote"),
         supports_check_mode=True,
     )
     params = module.params
     module.no_log_values.update(secret_values(params["remote_config"]))
     try:
-        if params["path"]:
-            result = _backup_info.local(params["path"], params["kind"], params["environment"], utc_now(), params["checksum"])
+        if params["backup_dir"]:
+            result = _backup_info.local(params["backup_dir"], params["kind"], params["environment"], utc_now(), params["checksum"])
         else:
             rclone = Rclone(module.get_bin_path("rclone", required=True), params["remote"],
                             rclone_config=params["rclone_config"], remote_config=params["remote_config"])
             result = _backup_info.remote(rclone, params["kind"], params["environment"], utc_now(), params["checksum"])
     except BackupError as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, location=params["path"] or params["remote"], **result)
+    module.exit_json(changed=False, location=params["backup_dir"] or params["remote"], **result)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ description:
     RV(expired)), so a push followed by V(prune) does not upload the same old backups again on every run.
   - V(prune) applies the retention of M(minimarket.backup.backup_prune) (same options, same rules) to the remote listing;
     the newest complete remote backup is never deleted.
-  - V(fetch) downloads one complete remote backup into O(dest) (archive through a C(.partial) file renamed only when its
+  - V(fetch) downloads one complete remote backup into O(backup_dir) (archive through a C(.partial) file renamed only when its
     sha256 matches the remote metadata, then the metadata), ready to be restored by the restore modules.
   - V(report) reports the remote backups of the set and whether they are complete.
   - The remote's settings and secrets reach rclone only through its environment, never its command line, files in clear or
@@ -34,6 +34,8 @@ requirements:
   - rclone (Debian package C(rclone), 1.60 or later)
 extends_documentation_fragment:
   - minimarket.backup.retention
+  - minimarket.backup.backup_set
+  - minimarket.backup.backup_set.SET
 attributes:
   check_mode:
     description: Nothing is uploaded, downloaded or deleted; the remote is listed and the plan is returned.
@@ -77,30 +79,13 @@ options:
         C(pass), C(password), C(password2) and C(key_file_pass) are obscured with C(rclone obscure) (through its standard
         input) first, as rclone expects.
     type: dict
-  kind:
-    description:
-      - Kind of the backup set, as in the file names, for example V(database) or V(volumes).
-    type: str
-    required: true
-  environment:
-    description:
-      - Environment of the backup set, as in the file names, for example V(production).
-    type: str
-    required: true
-  src_dir:
-    description:
-      - Local backup directory to push from. Required with O(state=push).
-    type: path
-  dest:
-    description:
-      - Local directory to fetch into (created with mode 0700 if missing). Required with O(state=fetch).
-    type: path
-  backup:
+  src:
     description:
       - With O(state=fetch), V(latest) (the newest complete remote backup of the set) or the archive name of one.
       - A path is accepted; only its file name is used.
     type: str
     default: latest
+    aliases: [backup]
   checksum:
     description:
       - With O(state=report), also stream every complete remote archive back and compare its sha256 with its metadata.
@@ -127,7 +112,7 @@ EXAMPLES = r"""
     remote_config: "{{ minimarket_offsite_remote_config }}"
     kind: database
     environment: production
-    src_dir: /var/backups/minimarket/database
+    backup_dir: /var/backups/minimarket/database
 
 - name: Keep 90 days and 12 monthly backups at the second location
   minimarket.backup.backup_offsite:
@@ -146,16 +131,14 @@ EXAMPLES = r"""
     remote_config: "{{ minimarket_offsite_remote_config }}"
     kind: database
     environment: production
-    backup: latest
-    dest: /var/backups/minimarket/database
+    src: latest
+    backup_dir: /var/backups/minimarket/database
   register: fetched
 
 - name: Restore the fetched dump
   minimarket.backup.pg_split_dump:
     state: restore
     src: "{{ fetched.path }}"
-    dest: /var/backups/minimarket/database
-    environment: production
     db: minimarket
 """
 
@@ -166,8 +149,10 @@ pushed:
   type: list
   elements: str
   sample: [database_production_20251007_020000.tar.gz]
-skipped:
-  description: Archives already complete at the remote with the same sha256.
+already_remote:
+  description:
+    - Archives already complete at the remote with the same sha256, so not copied again.
+    - Called C(skipped) before; renamed because Ansible shows a task returning a non-empty C(skipped) as skipped.
   returned: state is push
   type: list
   elements: str
@@ -233,18 +218,21 @@ bytes_freed:
   type: int
   sample: 10485760
 backups:
-  description: The remote backups of the set, newest first.
+  description:
+    - The remote backups of the set, newest first, judged and shaped as M(minimarket.backup.backup_info) lists them
+      (the same function decides RV(latest)); each incomplete one has its C(problem).
   returned: state is report
   type: list
   elements: dict
   sample:
     - name: database_production_20251007_020000.tar.gz
       created: "2025-10-07T02:00:00+00:00"
+      age_seconds: 3600
       complete: true
       size: 10485760
       sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 latest:
-  description: The newest complete remote backup, if any.
+  description: The name of the newest complete remote backup (null when none is), as M(minimarket.backup.backup_info) decides it.
   returned: state is report
   type: str
   sample: database_production_20251007_020000.tar.gz
@@ -267,18 +255,19 @@ metadata:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.minimarket.backup.plugins.module_utils import _backup_info
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._offsite import (
     Rclone,
     fetch,
-    list_remote,
     prune,
     push,
     push_failure_message,
     secret_values,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import POLICY_ARGUMENT_SPEC, policy_from_params
+from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import backup_dir_argument_spec, set_argument_spec
 
 
 def main():
@@ -287,18 +276,16 @@ def main():
         remote=dict(type="str", required=True),
         rclone_config=dict(type="path"),
         remote_config=dict(type="dict", no_log=False),
-        kind=dict(type="str", required=True),
-        environment=dict(type="str", required=True),
-        src_dir=dict(type="path"),
-        dest=dict(type="path"),
-        backup=dict(type="str", default="latest"),
+        src=dict(type="str", default="latest", aliases=["backup"]),
         checksum=dict(type="bool", default=False),
     )
     argument_spec.update(POLICY_ARGUMENT_SPEC)
+    argument_spec.update(set_argument_spec())
+    argument_spec.update(backup_dir_argument_spec())
     module = AnsibleModule(
         argument_spec=argument_spec,
         mutually_exclusive=[("rclone_config", "remote_config")],
-        required_if=[("state", "push", ["src_dir"]), ("state", "fetch", ["dest"])],
+        required_if=[("state", "push", ["backup_dir"]), ("state", "fetch", ["backup_dir"])],
         supports_check_mode=True,
     )
     params = module.params
@@ -310,7 +297,7 @@ def main():
                         rclone_config=params["rclone_config"], remote_config=params["remote_config"])
         kind, environment = params["kind"], params["environment"]
         if params["state"] == "push":
-            result = push(rclone, params["src_dir"], kind, environment, policy_from_params(params), utc_now(), module.check_mode)
+            result = push(rclone, params["backup_dir"], kind, environment, policy_from_params(params), utc_now(), module.check_mode)
             if result["failed"]:
                 module.fail_json(msg=push_failure_message(result, params["remote"]), **result)
             module.exit_json(changed=bool(result["pushed"]), **result)
@@ -325,9 +312,10 @@ def main():
                                       after="".join(name + "\n" for name in after))
             module.exit_json(changed=bool(result["deleted"]), **result)
         if params["state"] == "fetch":
-            result = fetch(rclone, kind, environment, params["backup"], params["dest"], module.check_mode)
+            result = fetch(rclone, kind, environment, params["src"], params["backup_dir"], module.check_mode)
             module.exit_json(**result)
-        module.exit_json(changed=False, **list_remote(rclone, kind, environment, params["checksum"]))
+        report = _backup_info.remote(rclone, kind, environment, utc_now(), params["checksum"])
+        module.exit_json(changed=False, backups=report["backups"], latest=report["latest"]["name"] if report["latest"] else None)
     except BackupError as exc:
         module.fail_json(msg=str(exc))
 

@@ -12,8 +12,8 @@ module: backup_prune
 short_description: Delete old backups of one set, never the last good one
 version_added: 0.1.0
 description:
-  - Applies a retention policy to one backup set (one kind and environment, for example C(database_production_)) in a
-    directory, and deletes the backups it does not keep, archive and metadata together.
+  - Applies a retention policy to one backup set (one O(kind) and O(environment)) in O(backup_dir), and deletes the
+    backups it does not keep, archive and metadata together.
   - A backup is kept if any rule keeps it. O(retention_days) keeps everything younger than that many days (the documented
     C(RETENTION_DAYS) rule); O(keep_last) keeps the newest complete backups; O(keep_hourly), O(keep_daily), O(keep_weekly),
     O(keep_monthly) and O(keep_yearly) follow C(restic forget) (newest to oldest, the newest backup of each distinct UTC
@@ -44,20 +44,25 @@ attributes:
       - A later run may delete backups that have aged out in the meantime.
     support: full
 options:
-  path:
+  kind:
     description:
-      - Directory that holds the backups, for example C(/var/backups/minimarket/database).
-    type: path
-    required: true
-  prefix:
+      - The kind of backups of the set, the first part of their file names. Required unless O(prefix) is given.
+    type: str
+    choices: [database, volumes]
+  environment:
     description:
-      - The backup set, C(<kind>_<environment>_), for example C(database_production_).
-      - Only backups whose kind and environment are exactly these are considered; C(database_prod_) does not match
+      - The environment of the backup set (letters, digits and C(-)), as in its file names. Required with O(kind).
+      - Only backups whose kind and environment are exactly these are considered; V(prod) does not match
         C(database_prod-eu_...).
     type: str
-    required: true
+  prefix:
+    description:
+      - The old way to name the set, C(<kind>_<environment>_), for example C(database_production_); still accepted.
+        Use O(kind) and O(environment) instead (mutually exclusive with them).
+    type: str
 extends_documentation_fragment:
   - minimarket.backup.retention
+  - minimarket.backup.backup_set
 notes:
   - Days, weeks, months and years are UTC, like the timestamps in the file names.
 seealso:
@@ -69,8 +74,9 @@ seealso:
 EXAMPLES = r"""
 - name: Keep 30 days, at least 3 backups, and 7 daily, 4 weekly and 12 monthly backups
   minimarket.backup.backup_prune:
-    path: /var/backups/minimarket/database
-    prefix: database_production_
+    backup_dir: /var/backups/minimarket/database
+    kind: database
+    environment: production
     retention_days: 30
     keep_last: 3
     keep_daily: 7
@@ -80,8 +86,9 @@ EXAMPLES = r"""
 
 - name: Show what would be deleted, without deleting
   minimarket.backup.backup_prune:
-    path: /var/backups/minimarket/volumes
-    prefix: volumes_staging_
+    backup_dir: /var/backups/minimarket/volumes
+    kind: volumes
+    environment: staging
     retention_days: 14
   check_mode: true
   diff: true
@@ -183,22 +190,32 @@ warnings:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import check_environment, utc_now
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import POLICY_ARGUMENT_SPEC, policy_from_params, prune
+from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import KINDS, backup_dir_argument_spec, missing
 
 
 def main():
     argument_spec = dict(
-        path=dict(type="path", required=True),
-        prefix=dict(type="str", required=True),
+        kind=dict(type="str", choices=list(KINDS)),
+        environment=dict(type="str"),
+        prefix=dict(type="str"),
     )
     argument_spec.update(POLICY_ARGUMENT_SPEC)
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    argument_spec.update(backup_dir_argument_spec())
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
+                           mutually_exclusive=[("prefix", "kind"), ("prefix", "environment")],
+                           required_together=[("kind", "environment")])
     params = module.params
+    problem = missing(params, ("backup_dir",), "backup_prune deletes backups in backup_dir") or (
+        None if params["prefix"] else missing(params, ("kind", "environment"), "backup_prune prunes one set"))
+    if problem:
+        module.fail_json(msg=problem)
     try:
         policy = policy_from_params(params)
-        result = prune(params["path"], params["prefix"], policy, utc_now(), module.check_mode)
+        prefix = params["prefix"] or "%s_%s_" % (params["kind"], check_environment(params["environment"]))
+        result = prune(params["backup_dir"], prefix, policy, utc_now(), module.check_mode)
     except BackupError as exc:
         module.fail_json(msg=str(exc))
     for warning in result["warnings"]:
@@ -211,8 +228,8 @@ def main():
     )
     if module._diff:
         output["diff"] = dict(
-            before_header=params["path"],
-            after_header=params["path"],
+            before_header=params["backup_dir"],
+            after_header=params["backup_dir"],
             before="".join(name + "\n" for name in result["files_before"]),
             after="".join(name + "\n" for name in result["files_after"]),
         )

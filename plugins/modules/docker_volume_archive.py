@@ -44,6 +44,8 @@ requirements:
   - For the V(sqlite) mode of O(consistency), C(unshare) and C(mount) (util-linux) and Python's C(sqlite3) module.
 extends_documentation_fragment:
   - minimarket.backup.encryption
+  - minimarket.backup.backup_set
+  - minimarket.backup.backup_set.ENVIRONMENT
 attributes:
   check_mode:
     support: full
@@ -57,26 +59,17 @@ attributes:
 options:
   state:
     description:
-      - V(archive) writes a new backup, V(verify) checks one, V(restore) puts its content back.
+      - V(dump) writes a new backup, V(verify) checks one, V(restore) puts its content back.
+      - V(archive) is the old name of V(dump) and does the same.
     type: str
-    choices: [archive, restore, verify]
-    default: archive
+    choices: [dump, archive, restore, verify]
+    default: dump
   volumes:
     description:
       - Volume names. Required to archive; for restore, the subset to restore (default all volumes of the archive).
     type: list
     elements: str
     default: []
-  dest:
-    description:
-      - Backup directory. Archives are written here; O(src=latest) looks here.
-    type: path
-    required: true
-  environment:
-    description:
-      - Environment name used in the file names (letters, digits and C(-)).
-    type: str
-    required: true
   compression:
     description:
       - Compression of a new archive; V(zstd) is the fastest. V(gzip) runs ISA-L's C(igzip) (level 3) when it is
@@ -88,7 +81,7 @@ options:
     description:
       - Stop the running containers that use the volumes for the duration and
         restart exactly those afterwards, also when the operation fails.
-        With O(state=archive) only the users of V(stop)-mode volumes (see O(consistency)) are stopped.
+        With O(state=dump) only the users of V(stop)-mode volumes (see O(consistency)) are stopped.
       - Without it, archiving a volume in use warns and restoring one is refused.
     type: bool
     default: false
@@ -110,7 +103,8 @@ options:
     default: {}
   src:
     description:
-      - Archive to restore or verify, or V(latest) for the newest complete one in O(dest).
+      - Archive to restore or verify, or V(latest) for the newest complete one of O(environment) in O(backup_dir).
+      - A path needs neither O(backup_dir) nor O(environment).
     type: str
     default: latest
   docker_host:
@@ -155,8 +149,9 @@ options:
         finish (containers it stopped, volume data it swapped, scratch volumes, staging directories); one JSON file per
         job, removed when the job ends. Every run first repairs what an interrupted run left there and reports it in
         RV(repaired).
-      - Default is C(.journal) in the backup root, the parent of O(dest) (C(/var/backups/minimarket/.journal) for
-        O(dest=/var/backups/minimarket/volumes)); M(minimarket.backup.pg_split_dump) uses the same directory.
+      - Default is C(.journal) in the backup root, the parent of O(backup_dir) (C(/var/backups/minimarket/.journal) for
+        O(backup_dir=/var/backups/minimarket/volumes)), or of the directory of O(src);
+        M(minimarket.backup.pg_split_dump) uses the same directory.
     type: path
 notes:
   - Containers using a V(stop)-mode volume while it is archived without O(stop_containers) may leave an inconsistent
@@ -168,11 +163,11 @@ notes:
 EXAMPLES = r"""
 - name: Archive the Grafana and PostgreSQL volumes, stopping their containers
   minimarket.backup.docker_volume_archive:
-    state: archive
+    state: dump
     volumes:
       - inventario-retail_postgres-data
       - inventario-retail_grafana-data
-    dest: /var/backups/minimarket/volumes
+    backup_dir: /var/backups/minimarket/volumes
     environment: production
     compression: zstd
     stop_containers: true
@@ -184,7 +179,7 @@ EXAMPLES = r"""
       - inventario-retail_prometheus-data
       - inventario-retail_grafana-data
       - inventario-retail_loki-data
-    dest: /var/backups/minimarket/volumes
+    backup_dir: /var/backups/minimarket/volumes
     environment: production
     stop_containers: true
     consistency:
@@ -195,14 +190,14 @@ EXAMPLES = r"""
 - name: Check the newest archive without touching any volume
   minimarket.backup.docker_volume_archive:
     state: verify
-    dest: /var/backups/minimarket/volumes
+    backup_dir: /var/backups/minimarket/volumes
     environment: production
 
 - name: Archive encrypted for the shop's recovery key
   minimarket.backup.docker_volume_archive:
     volumes:
       - inventario-retail_grafana-data
-    dest: /var/backups/minimarket/volumes
+    backup_dir: /var/backups/minimarket/volumes
     environment: production
     stop_containers: true
     age_recipients:
@@ -211,18 +206,16 @@ EXAMPLES = r"""
 - name: Check the newest encrypted archive with the key copied to the host
   minimarket.backup.docker_volume_archive:
     state: verify
-    dest: /var/backups/minimarket/volumes
+    backup_dir: /var/backups/minimarket/volumes
     environment: production
     age_identity_file: /etc/minimarket-backup/age-identity.txt
 
-- name: Restore only Grafana from a given archive
+- name: Restore only Grafana from a given archive (its name carries the environment; no backup_dir needed)
   minimarket.backup.docker_volume_archive:
     state: restore
     src: /var/backups/minimarket/volumes/volumes_production_20251007_120000.tar.gz
     volumes:
       - inventario-retail_grafana-data
-    dest: /var/backups/minimarket/volumes
-    environment: production
     stop_containers: true
 """
 
@@ -262,19 +255,19 @@ backup:
                        (taken 2025-10-07 12:00:00 UTC, 1.0 MiB, environment production)"}
 metadata:
   description: Path of the metadata file written.
-  returned: state=archive, not in check mode
+  returned: state=dump, not in check mode
   type: str
 sha256:
   description: sha256 of the archive file.
-  returned: state=archive or state=verify, not in check mode
+  returned: state=dump or state=verify, not in check mode
   type: str
 size:
   description: Size of the archive file in bytes.
-  returned: state=archive, not in check mode
+  returned: state=dump, not in check mode
   type: int
 mode:
   description: Read/write path used, V(host) or V(api).
-  returned: state=archive, state=restore, or state=verify with O(scratch_restore)
+  returned: state=dump, state=restore, or state=verify with O(scratch_restore)
   type: str
 volumes:
   description:
@@ -289,21 +282,21 @@ volumes:
   elements: dict
 stopped_containers:
   description: Containers stopped (and restarted) for the operation, as C(id) and C(name).
-  returned: state=archive or state=restore
+  returned: state=dump or state=restore
   type: list
   elements: dict
 duration:
   description: Seconds spent reading the volumes and writing the archive.
-  returned: state=archive, not in check mode
+  returned: state=dump, not in check mode
   type: float
 encrypted:
   description: Whether the archive is (or would be, in check mode) encrypted with C(age).
-  returned: state=archive
+  returned: state=dump
   type: bool
   sample: true
 recipients:
   description: The age public keys the archive is encrypted to (empty when not encrypted).
-  returned: state=archive
+  returned: state=dump
   type: list
   elements: str
   sample: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]
@@ -318,7 +311,7 @@ repaired:
             "repair": "started container inventario-retail_grafana_1 that an interrupted run had stopped"}]
 msg:
   description: The archive that would be written.
-  returned: state=archive in check mode
+  returned: state=dump in check mode
   type: str
   sample: would write /var/backups/minimarket/volumes/volumes_production_20251007_120000.tar.gz.age
 """
@@ -334,15 +327,21 @@ from ansible_collections.minimarket.backup.plugins.module_utils._docker import (
 )
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive as va
+from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import (
+    backup_dir_argument_spec,
+    environment_argument_spec,
+    finds_latest,
+    names_files,
+)
 
 
 def main():
     argument_spec = encryption_argument_spec()
+    argument_spec.update(backup_dir_argument_spec())
+    argument_spec.update(environment_argument_spec())
     argument_spec.update(
-        state=dict(type="str", default="archive", choices=["archive", "restore", "verify"]),
+        state=dict(type="str", default="dump", choices=["dump", "archive", "restore", "verify"]),
         volumes=dict(type="list", elements="str", default=[]),
-        dest=dict(type="path", required=True),
-        environment=dict(type="str", required=True),
         compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "none"]),
         stop_containers=dict(type="bool", default=False),
         src=dict(type="str", default="latest"),
@@ -363,7 +362,12 @@ def main():
             exception=DOCKER_IMPORT_ERROR,
         )
     p = module.params
-    journal_dir = p["journal_dir"] or _journal.default_dir(p["dest"])
+    if p["state"] == "archive":
+        p["state"] = "dump"
+    problem = names_files(p, "volumes", "state=dump") if p["state"] == "dump" else finds_latest(p, "volumes")
+    if problem:
+        module.fail_json(msg=problem)
+    journal_dir = p["journal_dir"] or _journal.default_dir(p["backup_dir"], p["src"])
     repaired = []
     try:
         if module.check_mode:
@@ -385,25 +389,25 @@ def run(module, p, journal_dir):
     if p["state"] == "verify":
         engine = Engine(p["docker_host"]) if p["scratch_restore"] and not module.check_mode else None
         with _journal.job(journal_dir if engine else None, "docker_volume_archive verify") as journal:
-            result = va.verify(p["src"], p["dest"], p["environment"], p["allow_devices"], engine, p["mode"], p["helper_image"],
+            result = va.verify(p["src"], p["backup_dir"], p["environment"], p["allow_devices"], engine, p["mode"], p["helper_image"],
                                p["age_identity_file"], journal)
         result["changed"] = False
         for warning in result.pop("warnings"):
             module.warn(warning)
         return result
     engine = Engine(p["docker_host"])
-    if p["state"] == "archive":
+    if p["state"] == "dump":
         if not p["volumes"]:
-            raise BackupError("state=archive needs volumes: list the volumes to archive")
+            raise BackupError("state=dump needs volumes: list the volumes to archive")
         with _journal.job(None if module.check_mode else journal_dir, "docker_volume_archive archive") as journal:
-            options = va.ArchiveOptions(p["volumes"], p["dest"], p["environment"], p["compression"], p["mode"], p["stop_containers"],
+            options = va.ArchiveOptions(p["volumes"], p["backup_dir"], p["environment"], p["compression"], p["mode"], p["stop_containers"],
                                         p["helper_image"], p["age_recipients"], p["consistency"])
             result = va.archive(engine, options, check_mode=module.check_mode, journal=journal)
         for warning in result.pop("warnings"):
             module.warn(warning)
         return result
     with _journal.job(None if module.check_mode else journal_dir, "docker_volume_archive restore") as journal:
-        options = va.RestoreOptions(p["src"], p["dest"], p["environment"], p["volumes"] or None, p["mode"], p["stop_containers"],
+        options = va.RestoreOptions(p["src"], p["backup_dir"], p["environment"], p["volumes"] or None, p["mode"], p["stop_containers"],
                                     p["helper_image"], p["allow_devices"], p["check_restored"], p["age_identity_file"])
         result = va.restore(engine, options, check_mode=module.check_mode, journal=journal)
     for warning in result.pop("warnings"):

@@ -9,12 +9,12 @@ module: pg_split_dump
 short_description: Consistent split dump, safe restore and verification of a PostgreSQL database, and checks of a live one
 version_added: 0.1.0
 description:
-  - O(state=dump) writes C(<dest>/database_<environment>_<YYYYMMDD_HHMMSS>.tar.gz) (C(.tar.zst), C(.tar)) and
+  - O(state=dump) writes C(<backup_dir>/database_<environment>_<YYYYMMDD_HHMMSS>.tar.gz) (C(.tar.zst), C(.tar)) and
     C(<same stem>_metadata.json). Schema, data and the per-table row counts in the metadata all come from one exported
     snapshot. The archive holds C(schema.sql) (readable), the pre-data and post-data sections in custom format, one
     data stream per table, the remaining data (sequence values, large objects) and a manifest with every member's sha256.
   - The archive is streamed through the compressor into a C(.partial) file, fsynced and renamed; the metadata is written
-    last. A failure leaves no file that looks complete. One dump per O(dest) and O(environment) at a time.
+    last. A failure leaves no file that looks complete. One dump per O(backup_dir) and O(environment) at a time.
   - O(state=restore) checks the archive (ours, sha256 equals the metadata) and the server before touching anything.
     With O(strategy=swap) it restores into a temporary database, loads table data in parallel before indexes,
     constraints and triggers exist, compares every table's row count and the object counts with the metadata, and only
@@ -46,6 +46,8 @@ author:
   - Mini Market operations (!UNKNOWN)
 extends_documentation_fragment:
   - minimarket.backup.postgres
+  - minimarket.backup.backup_set
+  - minimarket.backup.backup_set.ENVIRONMENT
   - minimarket.backup.encryption
 attributes:
   check_mode:
@@ -76,15 +78,7 @@ options:
       - The database to dump, or to restore into (it is created if missing), or to check.
     type: str
     required: true
-  dest:
-    description:
-      - Backup directory. Required for O(state=dump) and for O(src=latest).
-    type: path
-  environment:
-    description:
-      - Environment name written into the file name (letters, digits and C(-)); used by O(src=latest) to pick backups.
-    type: str
-    default: production
+    aliases: [login_db]
   compression:
     description:
       - Compression of the outer archive. C(gzip) writes with ISA-L's C(igzip) at its level 3 when installed (Debian
@@ -124,8 +118,9 @@ options:
     default: false
   src:
     description:
-      - The archive to restore or verify, or V(latest) for the newest complete backup of O(environment) in O(dest).
-      - Required for O(state=restore) and O(state=verify).
+      - The archive to restore or verify, or V(latest) for the newest complete backup of O(environment) in
+        O(backup_dir).
+      - Required for O(state=restore) and O(state=verify). A path needs neither O(backup_dir) nor O(environment).
     type: str
   strategy:
     description:
@@ -151,8 +146,8 @@ options:
       - Directory of the intent journal, where each restore and verify records what a killed run must undo or finish
         (one JSON file per job, removed when the job ends). Every run first repairs what an interrupted run left
         there and reports it in RV(repaired).
-      - Default is C(.journal) in the backup root, the parent of O(dest) (C(/var/backups/minimarket/.journal) for
-        O(dest=/var/backups/minimarket/database)), or of the directory of O(src). The volume module uses the
+      - Default is C(.journal) in the backup root, the parent of O(backup_dir) (C(/var/backups/minimarket/.journal) for
+        O(backup_dir=/var/backups/minimarket/database)), or of the directory of O(src). The volume module uses the
         same directory, so either module repairs what the other left.
     type: path
   scratch_db:
@@ -187,7 +182,7 @@ EXAMPLES = r"""
     db: minimarket
     login_host: 127.0.0.1
     login_password: "{{ vault_pg_password }}"
-    dest: /var/backups/minimarket/database
+    backup_dir: /var/backups/minimarket/database
     environment: production
     compression: zstd
 
@@ -197,7 +192,7 @@ EXAMPLES = r"""
     compose_project: inventario-retail
     compose_service: postgres
     login_password: "{{ vault_pg_password }}"
-    dest: /var/backups/minimarket/database
+    backup_dir: /var/backups/minimarket/database
     environment: production
 
 - name: Restore the newest complete backup, keeping the replaced database
@@ -206,7 +201,7 @@ EXAMPLES = r"""
     db: minimarket
     compose_project: inventario-retail
     compose_service: postgres
-    dest: /var/backups/minimarket/database
+    backup_dir: /var/backups/minimarket/database
     environment: production
     src: latest
 
@@ -224,7 +219,7 @@ EXAMPLES = r"""
     db: minimarket
     compose_project: inventario-retail
     compose_service: postgres
-    dest: /var/backups/minimarket/database
+    backup_dir: /var/backups/minimarket/database
     environment: production
     age_recipients:
       - age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
@@ -236,7 +231,7 @@ EXAMPLES = r"""
     db: minimarket
     compose_project: inventario-retail
     compose_service: postgres
-    dest: /var/backups/minimarket/database
+    backup_dir: /var/backups/minimarket/database
     environment: production
     src: latest
     age_identity_file: /etc/minimarket-backup/age-identity.txt
@@ -253,7 +248,7 @@ EXAMPLES = r"""
   minimarket.backup.pg_split_dump:
     state: verify
     db: minimarket
-    dest: /var/backups/minimarket/database
+    backup_dir: /var/backups/minimarket/database
     environment: production
     src: latest
     critical_tables:
@@ -475,6 +470,12 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_restore impo
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_verify import VerifyFailed, VerifyOptions, check_live, verify
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_archive import repairers as volume_repairers
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import PgTools, postgres_common_argument_spec
+from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import (
+    backup_dir_argument_spec,
+    environment_argument_spec,
+    finds_latest,
+    names_files,
+)
 
 
 def run(module, tools, journal_dir):
@@ -483,22 +484,22 @@ def run(module, tools, journal_dir):
     if state == "dump":
         if module.check_mode:
             recipients = check_recipients(params["age_recipients"])
-            dest_exists = check_dest(params["dest"], may_not_exist=True)
+            dest_exists = check_dest(params["backup_dir"], may_not_exist=True)
             tools.check_client("pg_dump", tools.server_version_num(params["db"]))
             check_compression_level(params["compression"], params["compression_level"])
-            path = plan_dump(params["dest"], params["environment"], params["compression"], encrypted=bool(recipients))
+            path = plan_dump(params["backup_dir"], params["environment"], params["compression"], encrypted=bool(recipients))
             msg = "would write %s" % path
             if not dest_exists:
-                msg += " (%s does not exist yet: the run creates it)" % params["dest"]
+                msg += " (%s does not exist yet: the run creates it)" % params["backup_dir"]
             return dict(changed=True, archive=path, metadata=metadata_path(path), encrypted=bool(recipients),
                         recipients=recipients, msg=msg)
-        result = dump(tools, DumpOptions(params["db"], params["dest"], params["environment"], params["compression"],
+        result = dump(tools, DumpOptions(params["db"], params["backup_dir"], params["environment"], params["compression"],
                                          params["jobs"], params["include_globals"], params["age_recipients"],
                                          params["compression_level"]))
         return dict(changed=True, **result)
     if state == "check":
         return dict(changed=False, **check_live(tools, params["db"], params["critical_tables"], params["queries"]))
-    source = BackupSource(params["src"], params["dest"], params["environment"], params["age_identity_file"])
+    source = BackupSource(params["src"], params["backup_dir"], params["environment"], params["age_identity_file"])
     if state == "restore":
         options = RestoreOptions(source, params["db"], params["strategy"], params["jobs"], params["keep_previous"],
                                  params["restore_globals"], params["restore_as"])
@@ -529,11 +530,11 @@ def repair(module, tools, journal_dir):
 def main():
     argument_spec = postgres_common_argument_spec()
     argument_spec.update(encryption_argument_spec())
+    argument_spec.update(backup_dir_argument_spec())
+    argument_spec.update(environment_argument_spec())
     argument_spec.update(
         state=dict(type="str", default="dump", choices=["dump", "restore", "verify", "check"]),
-        db=dict(type="str", required=True),
-        dest=dict(type="path"),
-        environment=dict(type="str", default="production"),
+        db=dict(type="str", required=True, aliases=["login_db"]),
         compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "none"]),
         compression_level=dict(type="int"),
         jobs=dict(type="int", default=2),
@@ -554,15 +555,18 @@ def main():
         mutually_exclusive=[("container", "compose_service")],
         required_together=[("compose_project", "compose_service")],
         required_if=[
-            ("state", "dump", ("dest",)),
             ("state", "restore", ("src",)),
             ("state", "verify", ("src",)),
         ],
     )
     if module.params["jobs"] < 1:
         module.fail_json(msg="jobs is %d: set jobs to 1 or more" % module.params["jobs"])
+    problem = (names_files(module.params, "database", "state=dump") if module.params["state"] == "dump"
+               else finds_latest(module.params, "database"))
+    if problem:
+        module.fail_json(msg=problem)
     tools = PgTools(module.params)
-    journal_dir = module.params["journal_dir"] or _journal.default_dir(module.params["dest"], module.params["src"])
+    journal_dir = module.params["journal_dir"] or _journal.default_dir(module.params["backup_dir"], module.params["src"])
     repaired = []
     try:
         repaired, warnings = repair(module, tools, journal_dir)

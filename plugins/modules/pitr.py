@@ -74,6 +74,7 @@ options:
       - Database checked after the recovery.
     type: str
     default: minimarket
+    aliases: [login_db]
   data_dir:
     description:
       - PGDATA inside the PostgreSQL container; its volume is where the recovered cluster goes.
@@ -105,9 +106,9 @@ options:
     default: barman_minimarket
   environment:
     description:
-      - Environment label of the metrics.
+      - Environment label of the metrics, and part of the name of the file O(textfile_dir) gets. Needed (no default)
+        with O(state=status) and O(textfile_dir).
     type: str
-    default: production
   textfile_dir:
     description:
       - With O(state=status), write C(minimarket_backup_pitr_<environment>.prom) there (mode C(0644), atomic).
@@ -226,6 +227,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (
     status,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import PgTools, postgres_common_argument_spec
+from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import missing
 
 
 def run(module, barman):
@@ -298,20 +300,25 @@ def main():
         config=dict(type="path", required=True),
         server=dict(type="str", required=True),
         target_time=dict(type="str"),
-        db=dict(type="str", default="minimarket"),
+        db=dict(type="str", default="minimarket", aliases=["login_db"]),
         data_dir=dict(type="str", default="/var/lib/postgresql/data"),
         critical_tables=dict(type="dict"),
         queries=dict(type="list", elements="str"),
         verify_minutes=dict(type="int", default=5),
         timeout=dict(type="int", default=600),
         slot_name=dict(type="str", default="barman_minimarket"),
-        environment=dict(type="str", default="production"),
+        environment=dict(type="str"),
         textfile_dir=dict(type="path"),
         docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True,
                            mutually_exclusive=[("container", "compose_service")],
                            required_together=[("compose_project", "compose_service")])
+    if module.params["state"] == "status" and module.params["textfile_dir"]:
+        problem = missing(module.params, ("environment",), "state=status writes minimarket_backup_pitr_<environment>.prom "
+                          "into textfile_dir", "set environment (the inventory's minimarket_environment, for example production)")
+        if problem:
+            module.fail_json(msg=problem)
     barman = Barman(module.params["config"], module.params["server"])
     try:
         result = run(module, barman)

@@ -38,6 +38,9 @@ attributes:
   idempotent:
     support: full
     description: Nothing of the live stack is changed.
+extends_documentation_fragment:
+  - minimarket.backup.backup_set
+  - minimarket.backup.backup_set.ENVIRONMENT
 options:
   state:
     description:
@@ -56,27 +59,21 @@ options:
     type: list
     elements: dict
     required: true
-  project:
+  compose_project:
     description:
       - Compose project of the live stack (labels of its containers, prefix of its volume names).
     type: str
     required: true
+    aliases: [project]
   compose_file:
     description:
       - The environment's compose file; V(scratch) takes the checked services' definitions from it.
     type: path
   src:
     description:
-      - Volume archive, or V(latest) for the newest complete one in O(dest). V(scratch) restores it; V(live) takes the
-        expected values from its metadata (omit it to check against the inventory's values only).
-    type: str
-  dest:
-    description:
-      - Directory of the volume backups.
-    type: path
-  environment:
-    description:
-      - Environment name in the backup file names.
+      - Volume archive, or V(latest) for the newest complete one of O(environment) in O(backup_dir). V(scratch) restores
+        it; V(live) takes the expected values from its metadata (omit it to check against the inventory's values only).
+      - Required with V(scratch). A path needs neither O(backup_dir) nor O(environment).
     type: str
   timeout:
     description:
@@ -98,10 +95,10 @@ EXAMPLES = r"""
 - name: Start the services on the newest volume archive in a scratch project and ask them
   minimarket.backup.service_check:
     state: scratch
-    project: inventario-retail
+    compose_project: inventario-retail
     compose_file: /opt/inventario-retail/docker-compose.production.yml
     src: latest
-    dest: /var/backups/minimarket/volumes
+    backup_dir: /var/backups/minimarket/volumes
     environment: production
     checks:
       - {service: redis, kind: redis, min_keys: 1}
@@ -112,7 +109,7 @@ EXAMPLES = r"""
 - name: After a recovery, ask the live services
   minimarket.backup.service_check:
     state: live
-    project: inventario-retail
+    compose_project: inventario-retail
     src: /var/backups/minimarket/volumes/volumes_production_20251007_120000.tar.gz
     checks:
       - {service: redis, kind: redis}
@@ -152,6 +149,11 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import DOCKER_IMPORT_ERROR, HAS_DOCKER, Engine
 from ansible_collections.minimarket.backup.plugins.module_utils import _service_check as sc
+from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import (
+    backup_dir_argument_spec,
+    environment_argument_spec,
+    finds_latest,
+)
 
 
 def compose_command(module):
@@ -169,18 +171,18 @@ def main():
     argument_spec = dict(
         state=dict(type="str", default="scratch", choices=["scratch", "live"]),
         checks=dict(type="list", elements="dict", required=True),
-        project=dict(type="str", required=True),
+        compose_project=dict(type="str", required=True, aliases=["project"]),
         compose_file=dict(type="path"),
         src=dict(type="str"),
-        dest=dict(type="path"),
-        environment=dict(type="str"),
         timeout=dict(type="int", default=120),
         docker_host=dict(type="str", default="unix:///var/run/docker.sock"),
         age_identity_file=dict(type="path"),
     )
+    argument_spec.update(backup_dir_argument_spec())
+    argument_spec.update(environment_argument_spec())
     module = AnsibleModule(
         argument_spec=argument_spec, supports_check_mode=True,
-        required_if=[("state", "scratch", ("compose_file", "src", "dest", "environment"))],
+        required_if=[("state", "scratch", ("compose_file", "src"))],
     )
     if not HAS_DOCKER:
         module.fail_json(msg="the Python 'docker' SDK is not installed on the target host: install it (pip install docker, "
@@ -190,17 +192,20 @@ def main():
         specs = sc.check_specs(p["checks"])
     except BackupError as exc:
         module.fail_json(msg=str(exc))
+    problem = finds_latest(p, "volumes")
+    if problem:
+        module.fail_json(msg=problem)
     if p["state"] == "scratch" and module.check_mode:
-        module.exit_json(changed=False, project=p["project"], services=[], msg="check mode: no scratch project started")
+        module.exit_json(changed=False, project=p["compose_project"], services=[], msg="check mode: no scratch project started")
     try:
         engine = Engine(p["docker_host"])
         if p["state"] == "live":
-            result = sc.live(engine, p["project"], p["checks"], p["src"], p["dest"], p["environment"], p["timeout"])
+            result = sc.live(engine, p["compose_project"], p["checks"], p["src"], p["backup_dir"], p["environment"], p["timeout"])
         else:
-            result = sc.scratch(engine, compose_command(module), p["project"], p["compose_file"], p["checks"], p["src"],
-                                p["dest"], p["environment"], p["age_identity_file"], p["timeout"])
+            result = sc.scratch(engine, compose_command(module), p["compose_project"], p["compose_file"], p["checks"], p["src"],
+                                p["backup_dir"], p["environment"], p["age_identity_file"], p["timeout"])
     except BackupError as exc:
-        module.fail_json(msg=str(exc), project=p["project"], services=sc.not_asked(specs, exc))
+        module.fail_json(msg=str(exc), project=p["compose_project"], services=sc.not_asked(specs, exc))
     for warning in result.pop("warnings", []):
         module.warn(warning)
     failure = result.pop("failure")

@@ -125,7 +125,7 @@ def test_bad_input_fails_with_one_line(tmp_path):
     both = run_info(dict(kind="database", environment="production", path=str(tmp_path), remote="offsite:x"))
     assert both["_rc"] == 1 and "mutually exclusive" in both["msg"]
     neither = run_info(dict(kind="database", environment="production"))
-    assert neither["_rc"] == 1 and "path, remote" in neither["msg"]
+    assert neither["_rc"] == 1 and "backup_dir, remote" in neither["msg"]
     env = run_info(dict(kind="database", environment="prod_eu", path=str(tmp_path)))
     assert env["_rc"] == 1 and "\n" not in env["msg"] and "use letters, digits and '-' only" in env["msg"]
     config = run_info(dict(kind="volumes", environment="production", remote="offsite:x", rclone_config=str(tmp_path / "none.conf")))

@@ -140,10 +140,29 @@ def test_bad_input_fails_with_one_line_and_touches_nothing(history, args, messag
     assert directory.snapshot() == before
 
 
+def test_kind_and_environment_name_the_set_as_prefix_did(tmp_path):
+    """The canonical names prune exactly what the old prefix pruned; the two forms together are refused."""
+    now = utc_now()
+    directories = [BackupDir(tmp_path / form) for form in ("old", "new")]
+    for directory in directories:
+        os.mkdir(directory.path)
+        for age in range(1, 12):
+            directory.complete(now - age * DAY)
+    policy = dict(retention_days=3, keep_last=0)
+    rc_old, old = run_module(dict(policy, path=directories[0].path, prefix="database_production_"))
+    rc_new, new = run_module(dict(policy, backup_dir=directories[1].path, kind="database", environment="production"))
+    assert rc_old == rc_new == 0 and len(new["deleted"]) == 9, new
+    assert [d["name"] for d in old["deleted"]] == [d["name"] for d in new["deleted"]]
+    assert sorted(directories[0].snapshot()) == sorted(directories[1].snapshot())
+    rc, both = run_module(dict(policy, backup_dir=directories[1].path, kind="database", environment="production",
+                               prefix="database_production_"))
+    assert rc != 0 and "mutually exclusive" in both["msg"] and "\n" not in both["msg"]
+
+
 def test_missing_directory_fails(tmp_path):
     rc, result = run_module(dict(path=str(tmp_path / "nope"), prefix="database_production_"))
     assert rc != 0
-    assert result["msg"] == "backup directory %s does not exist or is not a directory: check path" % (tmp_path / "nope")
+    assert result["msg"] == "backup directory %s does not exist or is not a directory: check backup_dir" % (tmp_path / "nope")
 
 
 def _hold_lock(directory, ready, release):

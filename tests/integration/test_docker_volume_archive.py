@@ -308,10 +308,20 @@ def test_module_entry_point_archive_verify_restore_check_mode(mm_docker, tmp_pat
 
     rc, res = run("state=archive volumes=%s dest=%s environment=test" % (vol, dest), "--check")
     assert rc == 0 and res["changed"] and not os.path.exists(dest)
-    rc, res = run("state=archive volumes=%s dest=%s environment=test compression=zstd" % (vol, dest))
+    rc, res = run("state=dump volumes=%s backup_dir=%s" % (vol, dest))
+    assert rc != 0 and res["msg"] == ("environment not set: state=dump writes volumes_<environment>_<YYYYMMDD_HHMMSS> files "
+                                      "into backup_dir; set backup_dir and environment (the inventory's "
+                                      "minimarket_environment, for example production)")
+    assert not os.path.exists(dest)
+    rc, res = run("state=dump volumes=%s backup_dir=%s environment=test compression=zstd" % (vol, dest))
     assert rc == 0 and res["archive"].endswith(".tar.zst") and res["volumes"][0]["labels"] == LABELS
+    archive = res["archive"]
     rc, res = run("state=verify dest=%s environment=test" % dest)
     assert rc == 0 and not res["changed"] and res["volumes"][0]["files"] == len(before["entries"]) - 1
+    rc, res = run("state=verify src=latest backup_dir=%s" % dest)
+    assert rc != 0 and res["msg"].startswith("environment not set: src=latest picks the newest complete volumes backup")
+    rc, res = run("state=verify src=%s" % archive)  # the file name carries the environment: nothing else needed
+    assert rc == 0 and res["archive"] == archive and res["volumes"][0]["files"] == len(before["entries"]) - 1
     rc, res = run("state=verify dest=%s environment=test scratch_restore=true" % dest)
     assert rc == 0 and res["mode"] == "host" and not [v for v in res["volumes"] if v["name"] != vol]
     with open(os.path.join(mountpoint, "stray"), "w") as handle:
@@ -319,7 +329,7 @@ def test_module_entry_point_archive_verify_restore_check_mode(mm_docker, tmp_pat
     rc, res = run("state=restore dest=%s environment=test" % dest, "--check", "--diff")
     assert rc == 0 and res["diff"]["before"] == {vol: "exists"}
     assert os.path.exists(os.path.join(mountpoint, "stray"))
-    rc, res = run("state=restore dest=%s environment=test src=latest" % dest)
+    rc, res = run("state=restore src=%s" % archive)
     assert rc == 0 and res["volumes"][0]["action"] == "replaced"
     assert snapshot(mountpoint) == before
     rc, res = run("state=restore dest=%s environment=test volumes=mmtest-not-in-archive" % dest)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ansible_collections.minimarket.backup.plugins.module_utils import _offsite
+from ansible_collections.minimarket.backup.plugins.module_utils import _backup_info, _offsite
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import metadata_path, utc_now
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import Policy, plan
 from tests import pg_fixtures
@@ -104,9 +104,10 @@ def test_push_copies_complete_pairs_only_verifies_them_and_is_idempotent(offsite
     else:
         assert first["invocation"]["module_args"]["remote_config"]["port"] == offsite_server.port
 
-    second = run_module(offsite_args(offsite_server, state="push", src_dir=src))
+    second = run_module(offsite_args(offsite_server, state="push", backup_dir=src))
     assert second["_rc"] == 0 and second["changed"] is False, second
-    assert second["pushed"] == [] and sorted(second["skipped"]) == sorted(first["pushed"])
+    assert second["pushed"] == [] and sorted(second["already_remote"]) == sorted(first["pushed"])
+    assert "skipped" not in second  # a non-empty skipped makes Ansible show the task as skipping
 
 
 def test_metadata_is_uploaded_last_and_no_secret_is_in_argv(offsite_server, local_set):
@@ -171,7 +172,7 @@ def test_push_to_a_stopped_server_fails_names_the_backup_and_leaves_nothing_comp
     assert "pushed before the failure: %s" % newest in message
     assert snapshot(src) == before
     sftp_server.start()
-    listing = _offsite.list_remote(rclone_for(sftp_server), "database", "production")
+    listing = _backup_info.remote(rclone_for(sftp_server), "database", "production", utc_now())
     assert [b["name"] for b in listing["backups"] if b["complete"]] == [newest]
 
 

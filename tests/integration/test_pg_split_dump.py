@@ -28,7 +28,7 @@ pytest_plugins = ["tests.pg_fixtures"]
 
 
 def dump(pg_server, db, dest, **extra):
-    args = conn_args(pg_server, state="dump", db=db, dest=dest, environment="testing")
+    args = conn_args(pg_server, state="dump", db=db, backup_dir=dest, environment="testing")
     args.update(extra)
     result = run_module(args)
     assert result["_rc"] == 0, result
@@ -135,6 +135,17 @@ def test_verify_passes_and_fails_with_reasons(pg_server, seeded_db, backup_dir):
     checked = run_module(conn_args(pg_server, state="verify", db=seeded_db, src=result["archive"], environment="testing"),
                          check_mode=True)
     assert checked["_rc"] == 0 and checked["changed"] is False and "checksum" in checked["msg"]
+
+
+def test_verify_of_an_explicit_src_needs_nothing_else(pg_server, seeded_db, backup_dir):
+    """The archive's name carries the environment; the connection by the names a community.postgresql user types."""
+    archive = dump(pg_server, seeded_db, backup_dir)["archive"]
+    verified = run_module(dict(state="verify", src=archive, login_db=seeded_db, host=pg_server.host, port=pg_server.port,
+                               login=pg_server.user, login_password=pg_server.password, bin_dir=pg_server.bindir,
+                               critical_tables={"productos": 1}))
+    assert verified["_rc"] == 0, verified
+    assert verified["src"] == archive and verified["problems"] == [] and verified["checks"][0]["ok"] is True
+    assert not db_exists(pg_server, verified["scratch_db"])
 
 
 def test_consistent_under_concurrent_writes(pg_server, seeded_db, backup_dir, dropped_databases):
@@ -250,20 +261,27 @@ def test_restored_copy_not_matching_metadata_is_dropped(pg_server, seeded_db, ba
 
 
 def test_connection_and_destination_errors(pg_server, seeded_db, backup_dir, tmp_path):
-    wrong = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=backup_dir, login_password="not-it"))
+    wrong = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=backup_dir, login_password="not-it", environment="production"))
     assert wrong["_rc"] == 1 and "password authentication failed" in wrong["msg"] and "login_password" in wrong["msg"]
     assert "not-it" not in json.dumps(wrong)
-    missing = run_module(conn_args(pg_server, state="dump", db="no_such_db_x", dest=backup_dir))
+    missing = run_module(conn_args(pg_server, state="dump", db="no_such_db_x", dest=backup_dir, environment="production"))
     assert missing["_rc"] == 1 and 'database "no_such_db_x" does not exist' in missing["msg"]
-    nodir = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=str(tmp_path / "absent")))
+    nodir = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=str(tmp_path / "absent"), environment="production"))
     assert nodir["_rc"] == 1 and "is not a directory" in nodir["msg"]
+    # No silent production: a dump without environment names the missing option and writes nothing.
+    noenv = run_module(conn_args(pg_server, state="dump", db=seeded_db, backup_dir=backup_dir))
+    assert noenv["_rc"] == 1 and noenv["msg"] == (
+        "environment not set: state=dump writes database_<environment>_<YYYYMMDD_HHMMSS> files into backup_dir; "
+        "set backup_dir and environment (the inventory's minimarket_environment, for example production)")
+    nolatest = run_module(conn_args(pg_server, state="verify", db=seeded_db, src="latest", backup_dir=backup_dir))
+    assert nolatest["_rc"] == 1 and nolatest["msg"].startswith("environment not set: src=latest picks the newest complete")
     assert dest_files(backup_dir) == []
 
     readonly = tmp_path / "ro"
     readonly.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)], check=True)
     try:
-        result = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=str(readonly)))
+        result = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=str(readonly), environment="production"))
         assert result["_rc"] == 1 and "not writable" in result["msg"]
     finally:
         subprocess.run(["umount", str(readonly)], check=True)
@@ -273,7 +291,7 @@ def test_connection_and_destination_errors(pg_server, seeded_db, backup_dir, tmp
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
     try:
         for compression in ("none", "gzip"):
-            result = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=str(full), compression=compression))
+            result = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=str(full), compression=compression, environment="production"))
             assert result["_rc"] == 1 and "No space left on device" in result["msg"], result
             assert "\n" not in result["msg"]
             assert dest_files(str(full)) == []

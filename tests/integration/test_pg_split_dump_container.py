@@ -77,9 +77,9 @@ def test_container_round_trip_seed_and_torture(pg_container, backup_dir):
 
 
 def test_container_errors(pg_container, backup_dir):
-    wrong = run_module(ctr_args(pg_container, state="dump", db="postgres", dest=backup_dir, login_password="nope"))
+    wrong = run_module(ctr_args(pg_container, state="dump", db="postgres", dest=backup_dir, login_password="nope", environment="production"))
     assert wrong["_rc"] == 1 and "password authentication failed" in wrong["msg"]
-    args = ctr_args(pg_container, state="dump", db="postgres", dest=backup_dir)
+    args = ctr_args(pg_container, state="dump", db="postgres", dest=backup_dir, environment="production")
     args["container"] = "no-such-container-pgsd"
     missing = run_module(args)
     assert missing["_rc"] == 1 and "No such container" in missing["msg"] and "docker ps" in missing["msg"]

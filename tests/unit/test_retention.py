@@ -351,7 +351,7 @@ def test_shared_metadata_stays_with_the_complete_archive(backup_dir):
 
 
 def test_missing_directory_is_an_error(tmp_path):
-    with pytest.raises(BackupError, match=r"^backup directory .*/nope does not exist or is not a directory: check path$"):
+    with pytest.raises(BackupError, match=r"^backup directory .*/nope does not exist or is not a directory: check backup_dir$"):
         plan(str(tmp_path / "nope"), "database_production_", Policy(), datetime.datetime.now(UTC))
 
 
