@@ -11,26 +11,28 @@ import json
 import os
 import queue
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    EXTENSIONS,
     FORMAT_VERSION,
-    AtomicFile,
-    BackupError,
-    CompressedSink,
     archive_name,
-    backup_lock,
     check_environment,
-    check_recipients,
-    encryption_record,
+    utc_now,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import (
+    AtomicFile,
+    backup_lock,
     new_archive_path,
     remove_stale_partials,
-    utc_now,
     write_metadata,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import (
+    EXTENSIONS,
+    CompressedSink,
+    check_recipients,
+    encryption_record,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_catalog import (
     DATABASE_PROPERTIES,
@@ -50,6 +52,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_format impor
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_globals import dump_globals
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import dump_pattern, explain, quote_literal
+from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE
 
 
 LEVELS = {"gzip": 9, "zstd": 19}
@@ -66,18 +69,11 @@ class DumpOptions(collections.namedtuple("DumpOptions", DUMP_FIELDS)):
 
 def run_dump_stream(tools, writer, stream, args, extra, abort=None):
     """One pg_dump process streamed into the archive as it runs."""
-    with tempfile.TemporaryFile() as errors:
-        proc = tools.popen("pg_dump", args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
-        try:
-            writer.copy_stream(stream, proc.stdout, extra, abort)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+    with tools.start("pg_dump", args, stdin=DEVNULL, stdout=PIPE) as proc:
+        writer.copy_stream(stream, proc.stdout, extra, abort)
         rc = proc.wait()
         if rc != 0:
-            errors.seek(0)
-            raise BackupError(explain(errors.read().decode("utf-8", "replace"), "pg_dump of %s" % stream, rc, tools.container))
+            raise BackupError(explain(proc.stderr(), "pg_dump of %s" % stream, rc, tools.container))
 
 
 def snapshot_facts(session, db):
