@@ -133,15 +133,15 @@ def child(args):
         sampler = threading.Thread(target=_disk_sampler, args=(args.dest, peak, stop))
         sampler.start()
         try:
-            run = timed(lambda: va.archive(engine, names, args.dest, args.env, args.compression, mode="host"))
+            run = timed(lambda: va.archive(engine, va.ArchiveOptions(names, args.dest, args.env, args.compression, mode="host")))
         finally:
             stop.set()
             sampler.join()
         old = sum(os.path.getsize(os.path.join(args.dest, n)) for n in before if "_metadata" not in n)
         extra = {"size": run["value"]["size"], "archive": run["value"]["archive"], "extra_disk": (peak[0] - old) / float(run["value"]["size"])}
     else:
-        run = timed(lambda: va.restore(engine, args.src, args.dest, args.env, names, mode="host",
-                                       check_restored=args.check_restored == "yes"))
+        run = timed(lambda: va.restore(engine, va.RestoreOptions(args.src, args.dest, args.env, names, mode="host",
+                                                                 check_restored=args.check_restored == "yes")))
     usage_self = resource.getrusage(resource.RUSAGE_SELF)
     usage_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps(dict(extra, seconds=run["seconds"], rss_mb=usage_self.ru_maxrss / 1024.0,

@@ -96,7 +96,7 @@ def run_once(engine, stack, names, consistency, dest):
         watcher.start()
     time.sleep(1)
     started = time.time()
-    result = va.archive(engine, names, dest, "benchmark", stop_containers=True, consistency=consistency)
+    result = va.archive(engine, va.ArchiveOptions(names, dest, "benchmark", stop_containers=True, consistency=consistency))
     duration = time.time() - started
     time.sleep(3)  # a restarted service needs a moment before it answers again; that counts as down time
     for watcher in watchers:

@@ -38,12 +38,6 @@ Subsystem sftp internal-sftp
 """
 
 
-def subprocess_run(argv, env, data=None):
-    """The run() the module gets from module.run_command, for driving module_utils._offsite directly in tests."""
-    proc = subprocess.run(argv, input=data, capture_output=True, env=dict(os.environ, **env), check=False)
-    return proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace")
-
-
 def wait_for_port(port, proc, timeout=30):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

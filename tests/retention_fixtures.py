@@ -2,11 +2,8 @@
 import hashlib
 import os
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    archive_name,
-    metadata_path,
-    write_metadata,
-)
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import archive_name, metadata_path
+from ansible_collections.minimarket.backup.plugins.module_utils._files import write_metadata
 
 # Every way a file can be in a backup directory without being a backup of the set under test.
 FOREIGN_NAMES = (

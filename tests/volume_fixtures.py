@@ -210,18 +210,19 @@ def mm_docker(engine):
 
 def write_backup(dest, name, tar_bytes, volumes, compression="none"):
     """A crafted backup whose metadata vouches for its bytes (size and sha256 are valid)."""
-    from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
+    from ansible_collections.minimarket.backup.plugins.module_utils._files import write_metadata
+    from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import compressor_command
     path = os.path.join(dest, name)
     if compression == "none":
         data = tar_bytes
     else:
-        data = subprocess.run(bs.compressor_command(compression), input=tar_bytes, stdout=subprocess.PIPE, check=True).stdout
+        data = subprocess.run(compressor_command(compression), input=tar_bytes, stdout=subprocess.PIPE, check=True).stdout
     with open(path, "wb") as handle:
         handle.write(data)
     os.chmod(path, 0o600)
     meta = {"archive": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "format": 1,
             "kind": "volumes", "volumes": volumes, "compression": compression}
-    bs.write_metadata(path, meta)
+    write_metadata(path, meta)
     return path
 
 

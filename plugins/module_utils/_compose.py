@@ -9,7 +9,7 @@ Compose v1 names containers ``<project>_<service>_1``, v2 ``<project>-<service>-
 
 import shutil
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"

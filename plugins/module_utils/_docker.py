@@ -5,7 +5,7 @@
 import contextlib
 import traceback
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 
 try:
     import docker

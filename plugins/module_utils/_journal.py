@@ -24,7 +24,8 @@ import os
 import socket
 import time
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, fsync_directory
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import fsync_directory
 
 JOURNAL_DIRNAME = ".journal"
 SUFFIX = ".json"

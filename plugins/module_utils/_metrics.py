@@ -18,11 +18,9 @@ import os
 import re
 import time
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    AtomicFile,
-    BackupError,
-    check_environment,
-)
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import check_environment
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import AtomicFile
 
 PREFIX = "minimarket_backup_"
 KINDS = ("database", "volumes", "verify")

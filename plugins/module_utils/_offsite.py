@@ -14,18 +14,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
     ARCHIVE_MISSING,
-    CHUNK,
     METADATA_SUFFIX,
-    AtomicFile,
     Backup,
-    BackupError,
-    backup_lock,
     check_environment,
     checksum_problem,
     judge,
@@ -34,6 +29,10 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     orphan_metadata,
     parse_archive_name,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import AtomicFile, backup_lock
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import CHUNK
+from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, Process, run
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import (
     STATE_COMPLETE,
     STATE_INCOMPLETE,
@@ -67,34 +66,26 @@ def last_error(stderr):
     return LOG_PREFIX_RE.sub("", lines[-1])
 
 
-def popen_stream(argv, env, consume):
+def stream_output(argv, env, consume):
     """Run argv and hand its stdout to consume() block by block; returns (rc, stderr).
 
-    Popen, not run_command: an archive streamed back from the remote must be
-    hashed (and written) as it arrives, never held in memory. stderr goes to a
-    temporary file so a chatty child cannot block on a full pipe.
+    Streamed, not run to the end: an archive read back from the remote must be
+    hashed (and written) as it arrives, never held in memory.
     """
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
-                                env=dict(os.environ, **env))
-        try:
-            for block in iter(lambda: proc.stdout.read(CHUNK), b""):
-                consume(block)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            proc.stdout.close()
-        rc = proc.wait()
-        errors.seek(0)
-        return rc, errors.read().decode("utf-8", "replace")
+    with Process(argv, stdin=DEVNULL, stdout=PIPE, env=env) as proc:
+        for block in iter(lambda: proc.stdout.read(CHUNK), b""):
+            consume(block)
+        return proc.wait(), proc.stderr()
 
 
 class Rclone(object):
-    """rclone bound to one remote directory; ``commands`` records every argv it ran (never a secret)."""
+    """rclone bound to one remote directory; ``commands`` records every argv it ran (never a secret).
 
-    def __init__(self, binary, remote, run, stream=popen_stream, rclone_config=None, remote_config=None):
+    ``run`` (``_process.run``) runs a short command and ``stream`` (``stream_output``) reads a file back;
+    tests swap in a recorder or a corrupting reader.
+    """
+
+    def __init__(self, binary, remote, run_command=run, stream=stream_output, rclone_config=None, remote_config=None):
         match = REMOTE_RE.match(remote or "")
         if not match:
             raise BackupError(
@@ -104,7 +95,7 @@ class Rclone(object):
         self.binary = binary
         self.remote = remote
         self.name = match.group("name")
-        self.run_command = run
+        self.run_command = run_command
         self.stream_command = stream
         self.commands = []
         # rclone 1.60's S3 client refuses any AWS_CA_BUNDLE ("unsupported transport"); an empty one is ignored.
@@ -145,7 +136,7 @@ class Rclone(object):
     def call(self, args, data=None, flags=True):
         argv = [self.binary] + list(args) + (RCLONE_FLAGS if flags else [])
         self.commands.append(argv)
-        return self.run_command(argv, self.env, data)
+        return self.run_command(argv, data=data, env=self.env, binary=True)
 
     def check(self, args, what):
         rc, out, err = self.call(args)
@@ -185,15 +176,6 @@ class Rclone(object):
 
     def upload(self, local_path, name):
         self.check(["copyto", "--ignore-times", local_path, self.path(name)], "uploading %s to %s" % (name, self.remote))
-
-
-def module_runner(module):
-    """The ``run`` an Rclone needs, from an AnsibleModule: bytes in and out, the remote's settings in the environment only."""
-    def run(argv, env, data=None):
-        rc, out, err = module.run_command(argv, data=data, binary_data=True, environ_update=env, encoding=None,
-                                          expand_user_and_vars=False)
-        return rc, out, err.decode("utf-8", "replace")
-    return run
 
 
 class RemoteBackup(object):

@@ -7,7 +7,7 @@ The dump records these facts and restore and verify compare a copy against them,
 
 import json
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import FORMAT_1
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import quote_ident, quote_literal
 

@@ -12,26 +12,28 @@ import json
 import os
 import queue
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    EXTENSIONS,
     FORMAT_VERSION,
-    AtomicFile,
-    BackupError,
-    CompressedSink,
     archive_name,
-    backup_lock,
     check_environment,
-    check_recipients,
-    encryption_record,
+    utc_now,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import (
+    AtomicFile,
+    backup_lock,
     new_archive_path,
     remove_stale_partials,
-    utc_now,
     write_metadata,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import (
+    EXTENSIONS,
+    CompressedSink,
+    check_recipients,
+    encryption_record,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_catalog import (
     DATABASE_PROPERTIES,
@@ -51,6 +53,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_format impor
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_globals import dump_globals
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import dump_pattern, explain, quote_literal
+from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import widen_pipe
 
 
@@ -93,38 +96,27 @@ class DumpProcess(object):
         self.stream = stream
         self.extra = extra
         self.counter = counter
-        self.errors = tempfile.TemporaryFile()
-        try:
-            self.proc = tools.popen("pg_dump", args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.errors)
-        except BaseException:
-            self.errors.close()
-            raise
+        self.done = False
+        self.proc = tools.start("pg_dump", args, stdin=DEVNULL, stdout=PIPE)
         widen_pipe(self.proc.stdout.fileno())
 
     def copy(self, writer, abort=None):
         """Stream the output into the archive; a table's rows are counted on the way (``counter``)."""
-        try:
+        with self.proc:
+            self.done = True
             writer.copy_stream(self.stream, self.proc.stdout, self.extra, abort, self.counter)
-        except BaseException:
-            self.kill()
-            raise
-        rc = self.proc.wait()
-        self.proc.stdout.close()
-        self.errors.seek(0)
-        text = self.errors.read().decode("utf-8", "replace")
-        self.errors.close()
-        if rc != 0:
-            raise BackupError(explain(text, "pg_dump of %s" % self.stream, rc, self.tools.container))
+            rc = self.proc.wait()
+            if rc != 0:
+                raise BackupError(explain(self.proc.stderr(), "pg_dump of %s" % self.stream, rc, self.tools.container))
         if self.counter is not None and self.counter.rows is None:
             raise BackupError("pg_dump of table %s ended without the end of its COPY data: its rows cannot be counted, "
                               "check the server's log and run the dump again" % self.extra["table"])
 
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.proc.stdout.close()
-        self.errors.close()
+    def close(self):
+        """Kill and reap a pg_dump whose turn never came (an error stopped the dump)."""
+        if not self.done:
+            self.done = True
+            self.proc.close()
 
 
 def snapshot_facts(session, db):
@@ -288,8 +280,7 @@ def _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, 
         post_data.copy(writer)
     except BaseException:
         for process in started:
-            if not process.errors.closed:
-                process.kill()
+            process.close()
         raise
     return writer.finish()
 

@@ -34,13 +34,9 @@ import re
 import tarfile
 import threading
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    TAR_PARSE_ERRORS,
-    BackupError,
-    archive_stream,
-    damaged_archive,
-    resolve_source,
-)
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import resolve_source
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import TAR_PARSE_ERRORS, archive_stream, damaged_archive
 
 
 KIND = "database"

@@ -9,7 +9,7 @@ where the collection decides which roles must exist and which it may create.
 import io
 import re
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import extract_stream
 
 
@@ -20,7 +20,7 @@ MEMBERSHIP = re.compile(r"^GRANT %s(?:\s*,\s*%s)* TO (%s)" % (IDENT, IDENT, IDEN
 
 
 def dump_globals(tools, writer):
-    """Small output, so run_command; non-superusers cannot read role passwords, so retry without them."""
+    """Small output, so run to the end (tools.run); non-superusers cannot read role passwords, so retry without them."""
     args = ["--globals-only", "--no-password", "-l", tools.maintenance_db]
     try:
         out = tools.run("pg_dumpall", args, what="pg_dumpall --globals-only")

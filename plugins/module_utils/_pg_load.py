@@ -12,19 +12,14 @@ import hashlib
 import json
 import os
 import queue
-import subprocess
 import tarfile
-import tempfile
 import threading
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    TAR_PARSE_ERRORS,
-    BackupError,
-    archive_stream,
-    damaged_archive,
-)
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import TAR_PARSE_ERRORS, archive_stream, damaged_archive
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import ARCHIVE_FORMAT, FORMAT_1, MANIFEST, parse_member
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import explain
+from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, Process
 
 
 QUEUE_DEPTH = 2
@@ -33,12 +28,11 @@ QUEUE_DEPTH = 2
 class StreamLoader(object):
     """One restore process fed from a bounded queue, so several tables load at once."""
 
-    def __init__(self, proc, stream, errors, container, chunk_digests=False):
+    def __init__(self, proc, stream, container, chunk_digests=False):
         self.proc = proc
         self.chunk_digests = chunk_digests
         self.container = container
         self.stream = stream
-        self.errors = errors
         self.queue = queue.Queue(maxsize=QUEUE_DEPTH)
         self.digest = hashlib.sha256()
         self.chunks = []
@@ -80,45 +74,40 @@ class StreamLoader(object):
     def wait(self):
         self.thread.join()
         rc = self.proc.wait()
-        self.errors.seek(0)
-        text = self.errors.read().decode("utf-8", "replace")
-        self.errors.close()
+        text = self.proc.stderr()
+        self.proc.close()
         if rc != 0:
             raise BackupError(explain(text, "restoring %s" % self.stream, rc, self.container))
 
     def kill(self):
-        with contextlib.suppress(OSError):
-            self.proc.kill()
+        self.proc.kill()
         while self.thread.is_alive():
             with contextlib.suppress(queue.Empty):
                 self.queue.get_nowait()
             with contextlib.suppress(queue.Full):
                 self.queue.put_nowait(None)
             self.thread.join(0.1)
-        self.proc.wait()
+        self.proc.close()
 
 
 def _loader_for(tools, stream, dbname, jobs, archive_format):
-    errors = tempfile.TemporaryFile()
-    if stream.startswith("data/") or stream in ("schema.sql", "globals.sql"):
-        if stream.startswith("data/"):
-            proc = tools.popen("psql", ["-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "--no-password", "-d", dbname],
-                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
-        else:
-            # Kept for people, not replayed: hash it and throw it away.
-            proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+    if stream.startswith("data/"):
+        proc = tools.start("psql", ["-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "--no-password", "-d", dbname],
+                           stdin=PIPE, stdout=DEVNULL)
+    elif stream in ("schema.sql", "globals.sql"):
+        # Kept for people, not replayed: hash it and throw it away.
+        proc = Process(["cat"], stdin=PIPE, stdout=DEVNULL)
     elif stream == "post-data.dump":
-        proc = tools.popen("pg_restore", ["--exit-on-error", "--no-password", "-j", str(max(1, jobs)), "-d", dbname],
-                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors, spool_stdin=True)
+        proc = tools.start("pg_restore", ["--exit-on-error", "--no-password", "-j", str(max(1, jobs)), "-d", dbname],
+                           stdin=PIPE, stdout=DEVNULL, spool_stdin=True)
     elif stream in ("pre-data.dump", "misc-data.dump"):
         # pg_restore counts large objects (definition, ACL, comment) as data: create them once, from misc-data.
         section = ["--data-only"] if stream == "misc-data.dump" else ["--schema-only"]
-        proc = tools.popen("pg_restore", ["--exit-on-error", "--no-password"] + section + ["-d", dbname],
-                           stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+        proc = tools.start("pg_restore", ["--exit-on-error", "--no-password"] + section + ["-d", dbname],
+                           stdin=PIPE, stdout=DEVNULL)
     else:
-        errors.close()
         raise BackupError("archive holds an unknown stream %r: it is not a pg_split_dump backup" % stream)
-    return StreamLoader(proc, stream, errors, tools.container, chunk_digests=archive_format == FORMAT_1)
+    return StreamLoader(proc, stream, tools.container, chunk_digests=archive_format == FORMAT_1)
 
 
 def restore_archive(tools, backup_path, dbname, jobs, identity_file=None, archive_format=ARCHIVE_FORMAT):

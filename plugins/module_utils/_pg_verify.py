@@ -10,7 +10,8 @@ import collections
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_catalog import (
     check_privileges,
     compare_contents,

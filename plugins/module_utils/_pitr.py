@@ -22,14 +22,12 @@ import re
 import shutil
 import time
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    AtomicFile,
-    BackupError,
-    check_environment,
-    fsync_directory,
-)
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import check_environment
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import AtomicFile, fsync_directory
 from ansible_collections.minimarket.backup.plugins.module_utils._compose import service_container
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_verify import VerifyFailed
+from ansible_collections.minimarket.backup.plugins.module_utils._process import run
 
 LATEST = "latest"
 TARGET_RE = re.compile(
@@ -109,17 +107,16 @@ def choose_backup(target, backups):
 
 
 class Barman(object):
-    """``barman -c <config>`` for one server; run_command as AnsibleModule.run_command."""
+    """``barman -c <config>`` for one server."""
 
-    def __init__(self, config, server, run_command, binary="barman"):
+    def __init__(self, config, server, binary="barman"):
         self.config = config
         self.server = server
-        self.run_command = run_command
         self.binary = binary
 
     def run(self, *args, **kwargs):
         argv = [self.binary, "-c", self.config] + list(args)
-        rc, out, err = self.run_command(argv)
+        rc, out, err = run(argv)
         if rc != 0 and not kwargs.get("allow_failure"):
             lines = [line.strip() for line in (err or out or "").splitlines() if line.strip()]
             raise BackupError("barman %s failed (exit %s): %s" % (args[0] if args[0] != "-f" else args[2], rc,
@@ -342,7 +339,7 @@ class Container(object):
             return None
 
 
-def live_container(params, run_command):
+def live_container(params, run_command=run):
     """The live PostgreSQL container: ``container``, or the one the compose labels point at (None: status without one).
 
     Found by labels so Compose v1 and v2 names both work. ``recover`` accepts it stopped (a run killed after

@@ -7,16 +7,16 @@ never in argv.  In container mode ``docker exec -e VAR`` is given names only, so
 docker client copies each value from its own environment into the container.
 """
 
+import contextlib
 import os
 import posixpath
 import re
 import shutil
-import subprocess
-import tempfile
 import threading
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._compose import service_container
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._process import PIPE, Process, run
 
 SENTINEL = "__minimarket_backup_done__"
 FIELD_SEP = "\x1f"
@@ -95,16 +95,6 @@ def explain(stderr, what, rc=None, container=None):
     return "%s failed: %s" % (what, text)
 
 
-def subprocess_runner(args, data=None, environ_update=None, binary_data=False):
-    """The AnsibleModule.run_command subset we use, for callers outside Ansible (tests, benchmarks)."""
-    del binary_data
-    env = dict(os.environ)
-    env.update(environ_update or {})
-    proc = subprocess.run(args, input=data.encode("utf-8") if isinstance(data, str) else data,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, check=False)
-    return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
-
-
 class PgTools(object):
     """Builds argv + environment for psql/pg_dump/pg_restore in native or container mode."""
 
@@ -113,7 +103,7 @@ class PgTools(object):
         self.compose = (params["compose_project"], params["compose_service"]) if params.get("compose_service") else None
         self.bin_dir = params.get("bin_dir") or None
         self.maintenance_db = params.get("maintenance_db") or "postgres"
-        self.run_command = run_command or subprocess_runner
+        self.run_command = run_command or run
         self.conn_env = {}
         host = params.get("login_unix_socket") or params.get("login_host") or ""
         if host:
@@ -140,12 +130,6 @@ class PgTools(object):
         env = dict(self.conn_env)
         env["PGCONNECT_TIMEOUT"] = "10"
         env["PGAPPNAME"] = "minimarket.backup"
-        return env
-
-    def env(self):
-        """Like run_command's environ_update: our settings win, unset ones fall back to libpq's usual sources."""
-        env = dict(os.environ)
-        env.update(self.environ_update())
         return env
 
     def _tool_path(self, tool):
@@ -180,9 +164,9 @@ class PgTools(object):
         return prefix + command + list(args)
 
     def run(self, tool, args, data=None, what=None):
-        """Short commands go through run_command; raises BackupError with a one-line reason."""
+        """Short commands run to the end; raises BackupError with a one-line reason."""
         argv = self.argv(tool, args)
-        rc, out, err = self.run_command(argv, data=data, environ_update=self.environ_update(), binary_data=True)
+        rc, out, err = self.run_command(argv, data=data, env=self.environ_update())
         if rc != 0:
             raise BackupError(explain(err or out, what or tool, rc, self.container))
         return out
@@ -192,10 +176,10 @@ class PgTools(object):
         out = self.run("psql", ["-X", "-q", "-w", "-A", "-t", "-F", FIELD_SEP, "-v", "ON_ERROR_STOP=1", "-d", dbname], data=sql, what=what)
         return [line.split(FIELD_SEP) for line in out.splitlines() if line != ""]
 
-    def popen(self, tool, args, stdin=None, stdout=None, stderr=None, spool_stdin=False):
-        """Streaming needs Popen: data flows through the process while we read or write it."""
-        return subprocess.Popen(self.argv(tool, args, spool_stdin=spool_stdin), stdin=stdin, stdout=stdout,
-                                stderr=stderr, env=self.env())
+    def start(self, tool, args, stdin=None, stdout=None, spool_stdin=False):
+        """A streaming tool (a ``_process.Process``): data flows through it while we read or write it."""
+        return Process(self.argv(tool, args, spool_stdin=spool_stdin), stdin=stdin, stdout=stdout,
+                       env=self.environ_update(), label=tool)
 
     def server_version_num(self, dbname):
         return int(self.psql(dbname, "SHOW server_version_num;", what="connecting to PostgreSQL")[0][0])
@@ -222,21 +206,20 @@ class PgTools(object):
 class PsqlSession(object):
     """A long-lived psql coprocess: the exported snapshot lives only while its transaction stays open.
 
-    Popen (not run_command) because the session must outlive many queries and
-    the pg_dump processes that attach to its snapshot.
+    Streamed, not run to the end, because the session must outlive many
+    queries and the pg_dump processes that attach to its snapshot.
     """
 
     def __init__(self, tools, dbname):
-        self._stderr = tempfile.TemporaryFile()
         self._lock = threading.Lock()
         self.container = tools.container
-        self.proc = tools.popen("psql", ["-X", "-q", "-w", "-A", "-t", "-F", FIELD_SEP, "-v", "ON_ERROR_STOP=1", "-d", dbname],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
-        self.query("SELECT 1;", what="connecting to database %r" % dbname)
-
-    def _error_text(self):
-        self._stderr.seek(0)
-        return self._stderr.read().decode("utf-8", "replace")
+        self.proc = tools.start("psql", ["-X", "-q", "-w", "-A", "-t", "-F", FIELD_SEP, "-v", "ON_ERROR_STOP=1", "-d", dbname],
+                                stdin=PIPE, stdout=PIPE)
+        try:
+            self.query("SELECT 1;", what="connecting to database %r" % dbname)
+        except BaseException:
+            self.proc.close()
+            raise
 
     def query(self, sql, what="query"):
         with self._lock:
@@ -244,12 +227,12 @@ class PsqlSession(object):
                 self.proc.stdin.write((sql.rstrip() + "\n\\echo " + SENTINEL + "\n").encode("utf-8"))
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError):
-                raise BackupError(explain(self._error_text(), what, self.proc.wait(), self.container))
+                raise BackupError(explain(self.proc.stderr(), what, self.proc.wait(), self.container))
             rows = []
             while True:
                 line = self.proc.stdout.readline()
                 if not line:
-                    raise BackupError(explain(self._error_text(), what, self.proc.wait(), self.container))
+                    raise BackupError(explain(self.proc.stderr(), what, self.proc.wait(), self.container))
                 text = line.decode("utf-8").rstrip("\n")
                 if text == SENTINEL:
                     return rows
@@ -257,14 +240,9 @@ class PsqlSession(object):
                     rows.append(text.split(FIELD_SEP))
 
     def close(self):
+        """End of input lets psql finish its transaction; one still running after 30 s is killed."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(OSError):
                 self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._stderr.close()
+            self.proc.exited(30)
+        self.proc.close()

@@ -20,13 +20,12 @@ import stat
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
     ARCHIVE_MISSING,
     PARTIAL_SUFFIX,
-    BackupError,
-    backup_lock,
-    fsync_directory,
     list_backups,
     parse_archive_name,
     parse_metadata_name,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import backup_lock, fsync_directory
 
 DURATION_RE = re.compile(r"^(?:\d+[smhdw])+$")
 DURATION_PART_RE = re.compile(r"(\d+)([smhdw])")

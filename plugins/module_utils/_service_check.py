@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import uuid
@@ -26,7 +25,8 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _backup_s
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils import _services as sv
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive as va
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._process import run
 
 KINDS = ("redis", "prometheus", "sqlite", "http")
 DEFAULT_PORTS = {"redis": 6379, "prometheus": 9090}
@@ -259,17 +259,17 @@ def _created(metadata):
 def _compose_config(compose, project, compose_file):
     """The environment's compose file resolved by compose itself (v2 prints JSON; v1 YAML, read with PyYAML)."""
     base = compose + ["--project-name", project, "--file", compose_file, "config"]
-    proc = subprocess.run(base + ["--format", "json"], capture_output=True, text=True, check=False)
-    if proc.returncode == 0 and proc.stdout.lstrip().startswith("{"):
-        return json.loads(proc.stdout)
-    proc = subprocess.run(base, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise BackupError("%s config failed: %s" % (" ".join(compose), (proc.stderr.strip().splitlines() or ["no output"])[-1]))
+    rc, out, unused_err = run(base + ["--format", "json"])
+    if rc == 0 and out.lstrip().startswith("{"):
+        return json.loads(out)
+    rc, out, err = run(base)
+    if rc != 0:
+        raise BackupError("%s config failed: %s" % (" ".join(compose), (err.strip().splitlines() or ["no output"])[-1]))
     try:
         import yaml
     except ImportError:
         raise BackupError("reading docker-compose v1's config needs PyYAML for this Python: apt install python3-yaml")
-    return yaml.safe_load(proc.stdout)
+    return yaml.safe_load(out)
 
 
 def _mounts(service):
@@ -336,11 +336,10 @@ def remove_leftovers(engine, live_project):
 
 
 def _compose_run(compose, project, path, *args):
-    proc = subprocess.run(compose + ["--project-name", project, "--file", path] + list(args),
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
+    rc, unused_out, err = run(compose + ["--project-name", project, "--file", path] + list(args))
+    if rc != 0:
         raise BackupError("%s %s failed in the scratch project %s: %s" % (" ".join(compose), args[0], project,
-                                                                          (proc.stderr.strip().splitlines() or ["no output"])[-1]))
+                                                                          (err.strip().splitlines() or ["no output"])[-1]))
 
 
 def scratch(engine, compose, live_project, compose_file, checks, src, dest, environment, identity_file=None, timeout=120,

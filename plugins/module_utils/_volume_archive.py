@@ -19,6 +19,7 @@ decompresses the archive once: each member is checked before its bytes are
 forwarded to the GNU tar that extracts it beside the data.
 """
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -26,14 +27,26 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tarfile
-import tempfile
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
+from ansible_collections.minimarket.backup.plugins.module_utils._files import (
+    AtomicFile,
+    backup_lock,
+    new_archive_path,
+    remove_stale_partials,
+    write_metadata,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import (
+    CompressedSink,
+    archive_stream,
+    check_recipients,
+    encryption_record,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._process import PIPE, Process
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine, containers_stopped, start_stopped
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_consistency as vc
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import (
@@ -119,25 +132,6 @@ def choose_mode(engine, infos, mode):
     return mode
 
 
-@contextlib.contextmanager
-def _popen(command, **kwargs):
-    """Popen (not run_command) because the data streams through while it runs."""
-    stderr = tempfile.TemporaryFile()
-    proc = subprocess.Popen(command, stderr=stderr, **kwargs)
-    proc.stderr_file = stderr
-    try:
-        yield proc
-    except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-        raise
-    finally:
-        proc.wait()
-        stderr.seek(0)
-        proc.stderr_text = stderr.read().decode("utf-8", "replace")
-        stderr.close()
-
-
 def host_create_command(groups, transform=True):
     """GNU tar over ``[(parent, member)]``; archive names become ``<volume>/...``."""
     command = list(TAR_CREATE)
@@ -150,7 +144,7 @@ def host_create_command(groups, transform=True):
 
 def read_host(command, sink, volumes, contents=True):
     """Run GNU tar, copy its stream into ``sink`` and digest it; returns (summaries, warnings)."""
-    with _popen(command, stdout=subprocess.PIPE) as proc:
+    with Process(command, stdout=PIPE) as proc:
         if is_pipe(proc.stdout) and (sink is None or sink.tee_fd() is not None):
             if sink is not None:
                 widen_pipe(sink.tee_fd())
@@ -160,7 +154,8 @@ def read_host(command, sink, volumes, contents=True):
         summaries = scan_stream(reader, volumes=set(volumes), contents=contents)
         reader.drain()
         rc = proc.wait()
-    warnings, errors = classify_tar_stderr(proc.stderr_text)
+        stderr = proc.stderr()
+    warnings, errors = classify_tar_stderr(stderr)
     if errors or (rc != 0 and not warnings):
         raise BackupError("GNU tar failed reading the volumes (exit %d): %s" % (rc, (errors or ["no message"])[0]))
     return summaries, warnings
@@ -268,14 +263,31 @@ def _unique_containers(users):
     return sorted(seen.items(), key=lambda item: item[1])
 
 
-def archive(engine, names, dest, environment, compression="gzip", mode="auto", stop_containers=False,
-            helper_image=DEFAULT_HELPER_IMAGE, check_mode=False, recipients=None, consistency=None, journal=None):
+class ArchiveOptions(collections.namedtuple(
+        "ArchiveOptions", "names dest environment compression mode stop_containers helper_image recipients consistency",
+        defaults=("gzip", "auto", False, DEFAULT_HELPER_IMAGE, None, None))):
+    """What one archive writes and how (the module's options), built once by the module instead of a long positional list."""
+
+    __slots__ = ()
+
+
+class RestoreOptions(collections.namedtuple(
+        "RestoreOptions", "src dest environment names mode stop_containers helper_image allow_devices check_restored identity_file",
+        defaults=(None, "auto", False, DEFAULT_HELPER_IMAGE, False, True, None))):
+    """What one restore does (the module's options); ``names`` None restores every volume of the archive."""
+
+    __slots__ = ()
+
+
+def archive(engine, options, check_mode=False, journal=None):
+    """``options`` is an ArchiveOptions; ``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
+    names, dest, environment, compression, mode, stop_containers, helper_image, recipients, consistency = options
     journal = journal or _journal.Job(None, "archive")
     check_volume_names(names)
     if not names:
         raise BackupError("volumes is empty: list the volumes to archive")
     bs.check_environment(environment)
-    recipients = bs.check_recipients(recipients)
+    recipients = check_recipients(recipients)
     modes = vc.plan(names, consistency)
     planned = bs.archive_name(KIND, environment, bs.utc_now(), compression, bool(recipients))
     infos = inspect_all(engine, names)
@@ -292,18 +304,18 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
     if not os.path.isdir(dest):
         os.makedirs(dest, 0o700)
     stopped = []
-    with bs.backup_lock(dest, KIND, environment):
-        bs.remove_stale_partials(dest, KIND, environment)
+    with backup_lock(dest, KIND, environment):
+        remove_stale_partials(dest, KIND, environment)
         when = bs.utc_now()
-        path = bs.new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
+        path = new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
         started = time.time()
-        target = bs.AtomicFile(path)
+        target = AtomicFile(path)
         sink = None
         try:
             mountpoints = dict((info["Name"], host_mountpoint(info)) for info in infos) if mode == "host" else None
             with vc.prepared(engine, infos, mountpoints, modes, users, dest, journal, warnings) as prepared:
                 to_stop = _stop_list(users, dict((n, v.mode) for n, v in prepared.items()), stop_containers, warnings)
-                sink = bs.CompressedSink(target.handle, compression, recipients)
+                sink = CompressedSink(target.handle, compression, recipients)
                 with containers_stopped(engine, to_stop, stopped, journal):
                     if mode == "host":
                         summaries, race = read_host(vc.tar_command(prepared, host_create_command([])), sink, names)
@@ -337,13 +349,13 @@ def archive(engine, names, dest, environment, compression="gzip", mode="auto", s
             "compression": compression,
             "size": size,
             "sha256": digest,
-            "encryption": bs.encryption_record(recipients),
+            "encryption": encryption_record(recipients),
             "read_mode": mode,
             "volumes": records,
             "stopped_containers": [entry["name"] for entry in stopped],
             "warnings": warnings,
         }
-        meta_path = bs.write_metadata(path, metadata)
+        meta_path = write_metadata(path, metadata)
     result.update({
         "archive": path, "metadata": meta_path, "size": size, "sha256": digest,
         "duration": round(time.time() - started, 3), "volumes": records,
@@ -373,7 +385,7 @@ def scan_archive(backup, allow_devices=False, contents=True):
     declared = [v["name"] for v in backup.metadata.get("volumes", [])]
     check_volume_names(declared)
     checker = SafetyChecker(declared, allow_devices=allow_devices)
-    with bs.archive_stream(backup.path, backup.identity_file) as stream:
+    with archive_stream(backup.path, backup.identity_file) as stream:
         reader = PipeReader(stream) if is_pipe(stream) else TeeReader(stream)
         summaries = scan_stream(reader, checker=checker, contents=contents, name=backup.name)
         reader.drain()
@@ -463,35 +475,27 @@ def _extract(backup, records, mountpoints, tag, staging_dirs, journal, checker, 
             journal.record("staging_directory", path=staging)
             os.mkdir(staging, 0o700)
             staging_dirs.append(staging)
-            proc = stack.enter_context(_popen(TAR_EXTRACT + ["-C", staging, "--"] + names, stdin=subprocess.PIPE))
+            proc = stack.enter_context(Process(TAR_EXTRACT + ["-C", staging, "--"] + names, stdin=PIPE))
             widen_pipe(proc.stdin.fileno())
             sink = TarSink(proc.stdin)
             extractions.append((staging, proc, sink, names))
             sinks.update((name, sink) for name in names)
-        stream = stack.enter_context(bs.archive_stream(backup.path, backup.identity_file, digest=digest))
+        stream = stack.enter_context(archive_stream(backup.path, backup.identity_file, digest=digest))
         try:
             summaries = extract_stream(stream, checker, sinks, backup.name)
             for extraction in extractions:
                 extraction[2].close()
+            failed = [(staging, proc.reason()) for staging, proc, unused_sink, unused_names in extractions if proc.wait() != 0]
         except BrokenPipeError:
             dead = [(staging, proc) for staging, proc, sink, unused in extractions if sink.broken]
             for unused, proc in dead:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
+                proc.exited(10)
             raise BackupError("GNU tar stopped while extracting into %s (%s): the volumes were not changed" % (
                 ", ".join(staging for staging, unused in dead) or "the staging directory",
-                "; ".join(_last_line(proc) for unused, proc in dead) or "broken pipe"))
-    for staging, proc, unused_sink, unused_names in extractions:
-        if proc.returncode != 0:
-            raise BackupError("extracting into %s failed (%s): the volumes were not changed" % (
-                staging, (proc.stderr_text.strip().splitlines() or ["exit %d" % proc.returncode])[-1]))
+                "; ".join(proc.reason() for unused, proc in dead) or "broken pipe"))
+    if failed:
+        raise BackupError("extracting into %s failed (%s): the volumes were not changed" % failed[0])
     return summaries, extractions
-
-
-def _last_line(proc):
-    proc.stderr_file.seek(0)
-    lines = proc.stderr_file.read().decode("utf-8", "replace").strip().splitlines()
-    return lines[-1] if lines else "exit %d" % proc.returncode
 
 
 def _compare(backup, summaries, hashed):
@@ -577,7 +581,7 @@ def _api_put(engine, backup, records, helper_image, mounts, wipe):
     with engine.helper(helper_image, mounts, read_only=False, command=command) as container_id:
         if wipe:
             engine.run_helper(container_id)
-        with bs.archive_stream(backup.path, backup.identity_file) as stream:
+        with archive_stream(backup.path, backup.identity_file) as stream:
             try:
                 ok = engine.api.put_archive(container_id, "/mm", stream)
             except Exception as exc:
@@ -641,10 +645,9 @@ def scratch_volumes(engine, backup, journal, names=None, naming=None, labels=Non
             engine.remove_volume(info["Name"])
 
 
-def restore(engine, src, dest, environment, names=None, mode="auto", stop_containers=False,
-            helper_image=DEFAULT_HELPER_IMAGE, allow_devices=False, check_mode=False, check_restored=True, identity_file=None,
-            journal=None):
-    """``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
+def restore(engine, options, check_mode=False, journal=None):
+    """``options`` is a RestoreOptions; ``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
+    src, dest, environment, names, mode, stop_containers, helper_image, allow_devices, check_restored, identity_file = options
     journal = journal or _journal.Job(None, "restore")
     # The key of an encrypted archive is proven here, before any container is stopped or volume touched.  A host-mode
     # restore takes the archive's sha256 in its one pass and compares it before anything is swapped in (_stage).

@@ -30,7 +30,7 @@ import sqlite3
 import time
 import uuid
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils import _services as sv
 
 MODES = ("stop", "redis", "prometheus", "sqlite")

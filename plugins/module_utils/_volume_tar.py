@@ -29,7 +29,8 @@ import os
 import stat
 import tarfile
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import TAR_PARSE_ERRORS, BackupError, damaged_archive
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import TAR_PARSE_ERRORS, damaged_archive
 
 BLOCK = 64 * 1024
 ZERO_BLOCK = bytes(BLOCK)

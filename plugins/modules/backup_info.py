@@ -166,8 +166,9 @@ latest:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_info
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, utc_now
-from ansible_collections.minimarket.backup.plugins.module_utils._offsite import Rclone, module_runner, secret_values
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._offsite import Rclone, secret_values
 from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import backup_dir_argument_spec, set_argument_spec
 
 
@@ -193,7 +194,7 @@ def main():
         if params["backup_dir"]:
             result = _backup_info.local(params["backup_dir"], params["kind"], params["environment"], utc_now(), params["checksum"])
         else:
-            rclone = Rclone(module.get_bin_path("rclone", required=True), params["remote"], module_runner(module),
+            rclone = Rclone(module.get_bin_path("rclone", required=True), params["remote"],
                             rclone_config=params["rclone_config"], remote_config=params["remote_config"])
             result = _backup_info.remote(rclone, params["kind"], params["environment"], utc_now(), params["checksum"])
     except BackupError as exc:

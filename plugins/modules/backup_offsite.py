@@ -256,11 +256,11 @@ metadata:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_info
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._offsite import (
     Rclone,
     fetch,
-    module_runner,
     prune,
     push,
     push_failure_message,
@@ -293,7 +293,7 @@ def main():
     module.no_log_values.update(secret_values(params["remote_config"]))
 
     try:
-        rclone = Rclone(module.get_bin_path("rclone", required=True), params["remote"], module_runner(module),
+        rclone = Rclone(module.get_bin_path("rclone", required=True), params["remote"],
                         rclone_config=params["rclone_config"], remote_config=params["remote_config"])
         kind, environment = params["kind"], params["environment"]
         if params["state"] == "push":

@@ -190,7 +190,8 @@ warnings:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, check_environment, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import check_environment, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import POLICY_ARGUMENT_SPEC, policy_from_params, prune
 from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import KINDS, backup_dir_argument_spec, missing
 

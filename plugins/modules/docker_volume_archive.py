@@ -318,7 +318,8 @@ msg:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, encryption_argument_spec
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import encryption_argument_spec
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import (
     DOCKER_IMPORT_ERROR,
     HAS_DOCKER,
@@ -399,19 +400,16 @@ def run(module, p, journal_dir):
         if not p["volumes"]:
             raise BackupError("state=dump needs volumes: list the volumes to archive")
         with _journal.job(None if module.check_mode else journal_dir, "docker_volume_archive archive") as journal:
-            result = va.archive(
-                engine, p["volumes"], p["backup_dir"], p["environment"], p["compression"], p["mode"],
-                p["stop_containers"], p["helper_image"], module.check_mode, p["age_recipients"], p["consistency"], journal,
-            )
+            options = va.ArchiveOptions(p["volumes"], p["backup_dir"], p["environment"], p["compression"], p["mode"], p["stop_containers"],
+                                        p["helper_image"], p["age_recipients"], p["consistency"])
+            result = va.archive(engine, options, check_mode=module.check_mode, journal=journal)
         for warning in result.pop("warnings"):
             module.warn(warning)
         return result
     with _journal.job(None if module.check_mode else journal_dir, "docker_volume_archive restore") as journal:
-        result = va.restore(
-            engine, p["src"], p["backup_dir"], p["environment"], p["volumes"] or None, p["mode"],
-            p["stop_containers"], p["helper_image"], p["allow_devices"], module.check_mode, p["check_restored"],
-            p["age_identity_file"], journal,
-        )
+        options = va.RestoreOptions(p["src"], p["backup_dir"], p["environment"], p["volumes"] or None, p["mode"], p["stop_containers"],
+                                    p["helper_image"], p["allow_devices"], p["check_restored"], p["age_identity_file"])
+        result = va.restore(engine, options, check_mode=module.check_mode, journal=journal)
     for warning in result.pop("warnings"):
         module.warn(warning)
     if module._diff:

@@ -454,12 +454,9 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
-    BackupError,
-    check_recipients,
-    encryption_argument_spec,
-    metadata_path,
-)
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import metadata_path
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import check_recipients, encryption_argument_spec
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import HAS_DOCKER
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_dump import (
@@ -570,7 +567,7 @@ def main():
                else finds_latest(module.params, "database"))
     if problem:
         module.fail_json(msg=problem)
-    tools = PgTools(module.params, run_command=module.run_command)
+    tools = PgTools(module.params)
     journal_dir = module.params["journal_dir"] or _journal.default_dir(module.params["backup_dir"], module.params["src"])
     repaired = []
     try:

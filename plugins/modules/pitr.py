@@ -213,7 +213,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_verify import VerifyFailed, check_content, table_rows
 from ansible_collections.minimarket.backup.plugins.module_utils._pitr import (
@@ -243,8 +243,8 @@ def run(module, barman):
                     target_time=target if isinstance(target, str) else target.isoformat(" "))
     if params["state"] == "verify":
         return verify_scratch(module, barman)
-    params["container"] = live_container(params, module.run_command)
-    tools = PgTools(params, run_command=module.run_command)
+    params["container"] = live_container(params)
+    tools = PgTools(params)
     if params["state"] == "status":
         result = status(barman, tools, params["slot_name"], params["environment"], params["textfile_dir"], time.time(),
                         write=not module.check_mode)
@@ -270,9 +270,9 @@ def verify_scratch(module, barman):
     target = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=params["verify_minutes"])
     if module.check_mode:
         return dict(changed=False, backup_id=choose_backup(target, barman.backups())["backup_id"], target_time=target.isoformat(" "))
-    params["container"] = live_container(params, module.run_command)
+    params["container"] = live_container(params)
     engine = Engine(params["docker_host"])
-    live = Cluster(engine, params["container"], params["data_dir"], PgTools(params, run_command=module.run_command))
+    live = Cluster(engine, params["container"], params["data_dir"], PgTools(params))
     wal = live.switch_wal()
     if wal:
         barman.wait_archived(wal)
@@ -281,7 +281,7 @@ def verify_scratch(module, barman):
     workdir = os.path.join(os.path.dirname(barman.home()), "verify-" + barman.server)
 
     def make_tools(container):
-        return PgTools(dict(container=container, login_user=params["login_user"]), run_command=module.run_command)
+        return PgTools(dict(container=container, login_user=params["login_user"]))
 
     def checks(tools):
         return check_content(tools, params["db"], table_rows(tools, params["db"]), params["critical_tables"], params["queries"])
@@ -319,7 +319,7 @@ def main():
                           "into textfile_dir", "set environment (the inventory's minimarket_environment, for example production)")
         if problem:
             module.fail_json(msg=problem)
-    barman = Barman(module.params["config"], module.params["server"], module.run_command)
+    barman = Barman(module.params["config"], module.params["server"])
     try:
         result = run(module, barman)
     except VerifyFailed as exc:

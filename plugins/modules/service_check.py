@@ -146,7 +146,7 @@ mode:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import DOCKER_IMPORT_ERROR, HAS_DOCKER, Engine
 from ansible_collections.minimarket.backup.plugins.module_utils import _service_check as sc
 from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import (

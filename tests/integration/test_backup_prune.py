@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import backup_lock, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._files import backup_lock
 from tests.retention_fixtures import FOREIGN_NAMES, BackupDir
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -120,7 +120,8 @@ def test_volume_restore_shows_the_archive_and_what_it_replaces_then_refuses(engi
     mountpoint = mm_docker.mountpoint(volume)
     with open(os.path.join(mountpoint, "ventas.csv"), "wb") as handle:
         handle.write(b"id,total\n1,100\n")
-    archived = _volume_archive.archive(engine, [volume], str(tmp_path / "backups" / "volumes"), "testing", "gzip", mode="host")
+    options = _volume_archive.ArchiveOptions([volume], str(tmp_path / "backups" / "volumes"), "testing", "gzip", mode="host")
+    archived = _volume_archive.archive(engine, options)
     with open(os.path.join(mountpoint, "ventas.csv"), "wb") as handle:
         handle.write(b"changed since")
     hosts = inventory(tmp_path, minimarket_volumes=[volume])

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive as va
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from tests.volume_fixtures import (
     LONG_NAME,
     blocks_bytes,
@@ -43,7 +43,7 @@ def test_host_mode_round_trip_keeps_every_entry(engine, mm_docker, tmp_path):
     assert before["hardlinks"] == [["links/a", "links/b", "other/c"]]
     dest = str(tmp_path / "backups")
 
-    result = va.archive(engine, [vol], dest, "test", "zstd", mode="host")
+    result = va.archive(engine, va.ArchiveOptions([vol], dest, "test", "zstd", mode="host"))
 
     assert result["mode"] == "host" and result["warnings"] == []
     for path in (result["archive"], result["metadata"]):
@@ -59,7 +59,7 @@ def test_host_mode_round_trip_keeps_every_entry(engine, mm_docker, tmp_path):
     assert scratch_volumes(engine) == []
 
     engine.remove_volume(vol)
-    restored = va.restore(engine, "latest", dest, "test", mode="host")
+    restored = va.restore(engine, va.RestoreOptions("latest", dest, "test", mode="host"))
 
     assert restored["volumes"][0]["action"] == "created"
     assert engine.volume(vol)["Labels"] == LABELS
@@ -73,7 +73,7 @@ def test_host_mode_round_trip_keeps_every_entry(engine, mm_docker, tmp_path):
         handle.write("not in the archive")
     with open(os.path.join(mountpoint, "pgdata", "PG_VERSION"), "w") as handle:
         handle.write("16\n")
-    restored = va.restore(engine, result["archive"], dest, "test", [vol], mode="host", check_restored=False)
+    restored = va.restore(engine, va.RestoreOptions(result["archive"], dest, "test", [vol], mode="host", check_restored=False))
     assert restored["volumes"][0]["action"] == "replaced"
     assert snapshot(mountpoint) == before
     assert leftovers(mountpoint) == []
@@ -88,8 +88,8 @@ def test_api_mode_writes_the_same_format(engine, mm_docker, helper_image, tmp_pa
     rich_before = snapshot(mm_docker.mountpoint(rich), xattrs=False, acls=False)
     dest = str(tmp_path / "b")
 
-    by_host = va.archive(engine, [plain, rich], dest, "host", "gzip", mode="host")
-    by_api = va.archive(engine, [plain, rich], dest, "api", "gzip", mode="api", helper_image=helper_image)
+    by_host = va.archive(engine, va.ArchiveOptions([plain, rich], dest, "host", "gzip", mode="host"))
+    by_api = va.archive(engine, va.ArchiveOptions([plain, rich], dest, "api", "gzip", mode="api", helper_image=helper_image))
 
     assert by_api["mode"] == "api"
     host_records = dict((v["name"], v) for v in by_host["volumes"])
@@ -108,12 +108,12 @@ def test_api_mode_writes_the_same_format(engine, mm_docker, helper_image, tmp_pa
     checked = va.verify(by_api["archive"], dest, "api", engine=engine, mode="api", helper_image=helper_image)
     assert checked["mode"] == "api" and scratch_volumes(engine) == []
     engine.remove_volume(plain)
-    va.restore(engine, by_api["archive"], dest, "api", mode="api", helper_image=helper_image)
+    va.restore(engine, va.RestoreOptions(by_api["archive"], dest, "api", mode="api", helper_image=helper_image))
     assert snapshot(mm_docker.mountpoint(plain)) == before
     assert snapshot(mm_docker.mountpoint(rich), xattrs=False, acls=False) == rich_before
     # an API-made archive restores on the host path too (its sparse files were stored densely)
     engine.remove_volume(plain)
-    va.restore(engine, by_api["archive"], dest, "api", [plain], mode="host")
+    va.restore(engine, va.RestoreOptions(by_api["archive"], dest, "api", [plain], mode="host"))
     assert snapshot(mm_docker.mountpoint(plain)) == before
 
 
@@ -125,27 +125,27 @@ def test_stop_containers_restarts_exactly_those_running(engine, mm_docker, helpe
     idle = mm_docker.container("idle", [vol], helper_image, running=False)
     dest = str(tmp_path / "b")
 
-    warned = va.archive(engine, [vol], dest, "warn", "none", mode="host")
+    warned = va.archive(engine, va.ArchiveOptions([vol], dest, "warn", "none", mode="host"))
     assert "in use by running containers %s-one, %s-two" % (mm_docker.prefix, mm_docker.prefix) in warned["warnings"][0]
 
-    result = va.archive(engine, [vol], dest, "test", "gzip", stop_containers=True)
+    result = va.archive(engine, va.ArchiveOptions([vol], dest, "test", "gzip", stop_containers=True))
     names = sorted("%s-%s" % (mm_docker.prefix, n) for n in ("one", "two"))
     assert sorted(c["name"] for c in result["stopped_containers"]) == names
     assert read_metadata(result["archive"])["stopped_containers"] == names
     assert mm_docker.running(one) and mm_docker.running(two) and not mm_docker.running(idle)
 
     with pytest.raises(BackupError, match="in use by running containers.*%s-one, %s-two" % (mm_docker.prefix, mm_docker.prefix)):
-        va.restore(engine, result["archive"], dest, "test")
+        va.restore(engine, va.RestoreOptions(result["archive"], dest, "test"))
 
     # induced failure while they are stopped: the helper image does not exist
     with pytest.raises(BackupError, match="helper image mmtest-no-such-image"):
-        va.archive(engine, [vol], dest, "fail", "gzip", mode="api", stop_containers=True, helper_image="mmtest-no-such-image")
+        va.archive(engine, va.ArchiveOptions([vol], dest, "fail", "gzip", mode="api", stop_containers=True, helper_image="mmtest-no-such-image"))
     assert mm_docker.running(one) and mm_docker.running(two) and not mm_docker.running(idle)
     assert [n for n in os.listdir(dest) if "_fail_" in n] == []
 
     with open(os.path.join(mm_docker.mountpoint(vol), "stray"), "w") as handle:
         handle.write("x")
-    restored = va.restore(engine, result["archive"], dest, "test", stop_containers=True)
+    restored = va.restore(engine, va.RestoreOptions(result["archive"], dest, "test", stop_containers=True))
     assert sorted(c["name"] for c in restored["stopped_containers"]) == names
     assert not os.path.exists(os.path.join(mm_docker.mountpoint(vol), "stray"))
     assert mm_docker.running(one) and mm_docker.running(two) and not mm_docker.running(idle)
@@ -197,7 +197,7 @@ def test_malicious_archives_change_nothing(engine, mm_docker, tmp_path, case):
 
     for mode in ("host", "auto"):
         with pytest.raises(BackupError, match="is unsafe"):
-            va.restore(engine, path, dest, "test", mode=mode, stop_containers=True)
+            va.restore(engine, va.RestoreOptions(path, dest, "test", mode=mode, stop_containers=True))
     with pytest.raises(BackupError, match="is unsafe"):
         va.verify(path, dest, "test")
     assert snapshot(mountpoint) == before
@@ -210,7 +210,7 @@ def test_corrupted_and_truncated_archives_are_refused(engine, mm_docker, tmp_pat
     mountpoint = mm_docker.mountpoint(vol)
     populate(mountpoint, sparse_size=64 * 1024, extended=False)
     dest = str(tmp_path / "b")
-    good = va.archive(engine, [vol], dest, "test", "gzip")
+    good = va.archive(engine, va.ArchiveOptions([vol], dest, "test", "gzip"))
     before = snapshot(mountpoint)
     with open(good["archive"], "rb") as handle:
         data = handle.read()
@@ -231,16 +231,16 @@ def test_corrupted_and_truncated_archives_are_refused(engine, mm_docker, tmp_pat
         with open(path.replace(".tar.gz", "_metadata.json"), "w") as handle:
             json.dump(fake, handle)
         with pytest.raises(BackupError, match="is not a complete backup|is corrupted"):
-            va.restore(engine, path, dest, "test")
+            va.restore(engine, va.RestoreOptions(path, dest, "test"))
         # metadata recomputed for the damaged bytes: refused by the stream and content checks
         os.unlink(path.replace(".tar.gz", "_metadata.json"))
         os.unlink(path)
         raw = subprocess.run(["gzip", "-dc"], input=payload, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False).stdout
         repacked = write_backup(dest, name.replace("0000", "1000"), raw, meta["volumes"], "gzip")
         with pytest.raises(BackupError, match="damaged|truncated|does not match its metadata|differs from the archive"):
-            va.restore(engine, repacked, dest, "test")
+            va.restore(engine, va.RestoreOptions(repacked, dest, "test"))
         with pytest.raises(BackupError, match="damaged|truncated|does not match its metadata|differs from the archive"):
-            va.restore(engine, write_backup(dest, name.replace("0000", "2000"), payload, meta["volumes"]), dest, "test")
+            va.restore(engine, va.RestoreOptions(write_backup(dest, name.replace("0000", "2000"), payload, meta["volumes"]), dest, "test"))
     assert snapshot(mountpoint) == before
     assert leftovers(mountpoint) == []
 
@@ -273,7 +273,7 @@ def test_archive_tarfile_cannot_parse_is_damaged_and_changes_nothing(engine, mm_
 
     for mode in ("host", "api"):
         with pytest.raises(BackupError) as failure:
-            va.restore(engine, path, dest, "test", mode=mode, stop_containers=True)
+            va.restore(engine, va.RestoreOptions(path, dest, "test", mode=mode, stop_containers=True))
         assert str(failure.value) == expected
     for scratch in (None, engine):
         with pytest.raises(BackupError) as failure:
@@ -341,7 +341,7 @@ def test_tampered_file_content_with_valid_checksum_is_caught_before_the_swap(eng
     mountpoint = mm_docker.mountpoint(vol)
     populate(mountpoint, sparse_size=64 * 1024, extended=False)
     dest = str(tmp_path / "b")
-    good = va.archive(engine, [vol], dest, "test", "none")
+    good = va.archive(engine, va.ArchiveOptions([vol], dest, "test", "none"))
     with open(good["archive"], "rb") as handle:
         raw = bytearray(handle.read())
     with tarfile.open(good["archive"]) as archive:
@@ -357,7 +357,7 @@ def test_tampered_file_content_with_valid_checksum_is_caught_before_the_swap(eng
     user = mm_docker.container("user", [vol], helper_image)
     idle = mm_docker.container("idle", [vol], helper_image, running=False)
     with pytest.raises(BackupError, match="restored content of %s differs from the archive's metadata.*not changed" % vol):
-        va.restore(engine, forged, dest, "test", mode="host", stop_containers=True)
+        va.restore(engine, va.RestoreOptions(forged, dest, "test", mode="host", stop_containers=True))
     # the failure happened while the container was stopped: it runs again, the idle one does not
     assert mm_docker.running(user) and not mm_docker.running(idle)
     assert snapshot(mountpoint) == before
@@ -371,7 +371,7 @@ def test_file_growing_while_read_is_a_warning_with_its_path(engine, mm_docker, t
         handle.write(os.urandom(64 * 1024 * 1024))
     writer = subprocess.Popen(["sh", "-c", "while :; do echo linea >> '%s'; done" % path])
     try:
-        result = va.archive(engine, [vol], str(tmp_path / "b"), "test", "none", mode="host")
+        result = va.archive(engine, va.ArchiveOptions([vol], str(tmp_path / "b"), "test", "none", mode="host"))
     finally:
         writer.kill()
         writer.wait()
@@ -412,7 +412,7 @@ def test_one_pass_refuses_unsafe_member_after_tar_has_extracted_others(engine, m
     _no_prescan(monkeypatch)
 
     with pytest.raises(BackupError, match="is unsafe"):
-        va.restore(engine, path, dest, "test", mode="host", stop_containers=True)
+        va.restore(engine, va.RestoreOptions(path, dest, "test", mode="host", stop_containers=True))
     assert snapshot(mountpoint) == before
     assert os.listdir(target) == []
     assert leftovers(mountpoint) == []
@@ -424,7 +424,7 @@ def test_failures_at_the_end_of_the_pass_leave_the_volume_and_no_staging(engine,
     mountpoint = mm_docker.mountpoint(vol)
     populate(mountpoint, sparse_size=64 * 1024, extended=False)
     dest = str(tmp_path / "b")
-    good = va.archive(engine, [vol], dest, "test", "gzip", mode="host")
+    good = va.archive(engine, va.ArchiveOptions([vol], dest, "test", "gzip", mode="host"))
     with open(good["archive"], "rb") as handle:
         data = handle.read()
     with open(os.path.join(mountpoint, "stray"), "w") as handle:
@@ -439,7 +439,7 @@ def test_failures_at_the_end_of_the_pass_leave_the_volume_and_no_staging(engine,
         path = write_backup(dest, "volumes_test_20250101_000004.tar", subprocess.run(
             ["gzip", "-dc"], stdin=handle, stdout=subprocess.PIPE, check=True).stdout, wrong)
     with pytest.raises(BackupError, match="restored content of %s differs from the archive's metadata.*not changed" % vol):
-        va.restore(engine, path, dest, "test", mode="host")
+        va.restore(engine, va.RestoreOptions(path, dest, "test", mode="host"))
     assert snapshot(mountpoint) == before
     assert leftovers(mountpoint) == []
 
@@ -457,7 +457,7 @@ def test_failures_at_the_end_of_the_pass_leave_the_volume_and_no_staging(engine,
     swapped_in = [tampered]
     monkeypatch.setattr(va.bs, "resolve_source", swap_file)
     with pytest.raises(BackupError, match="restored content of %s differs from the archive's metadata.*not changed" % vol):
-        va.restore(engine, good["archive"], dest, "test", mode="host")
+        va.restore(engine, va.RestoreOptions(good["archive"], dest, "test", mode="host"))
     assert snapshot(mountpoint) == before
     assert leftovers(mountpoint) == []
 
@@ -467,7 +467,7 @@ def test_failures_at_the_end_of_the_pass_leave_the_volume_and_no_staging(engine,
         handle.write(data)
     with pytest.raises(BackupError, match=r"^%s is corrupted: sha256 [0-9a-f]{64} does not match metadata %s; use another backup$"
                        % (os.path.basename(good["archive"]), good["sha256"])):
-        va.restore(engine, good["archive"], dest, "test", mode="host")
+        va.restore(engine, va.RestoreOptions(good["archive"], dest, "test", mode="host"))
     assert snapshot(mountpoint) == before
     assert leftovers(mountpoint) == []
 
@@ -477,14 +477,14 @@ def test_check_restored_catches_what_the_filesystem_did_not_keep(engine, mm_dock
     mountpoint = mm_docker.mountpoint(vol)
     populate(mountpoint, sparse_size=64 * 1024, extended=True)
     dest = str(tmp_path / "b")
-    va.archive(engine, [vol], dest, "test", "zstd", mode="host")
+    va.archive(engine, va.ArchiveOptions([vol], dest, "test", "zstd", mode="host"))
     with open(os.path.join(mountpoint, "stray"), "w") as handle:
         handle.write("still here")
     before = snapshot(mountpoint)
     # a GNU tar that drops xattrs and ACLs, like a filesystem without them: the stream digest is right, the disk is not
     monkeypatch.setattr(va, "TAR_EXTRACT", [arg for arg in va.TAR_EXTRACT if not arg.startswith(("--xattrs", "--acls"))])
     with pytest.raises(BackupError, match="restored content of %s differs.*without xattr/ACL support.*not changed" % vol):
-        va.restore(engine, "latest", dest, "test", mode="host")
+        va.restore(engine, va.RestoreOptions("latest", dest, "test", mode="host"))
     assert snapshot(mountpoint) == before
     assert leftovers(mountpoint) == []
 
@@ -496,11 +496,11 @@ def test_gnu_tar_dying_midway_leaves_the_volume(engine, mm_docker, tmp_path, mon
     with open(os.path.join(mountpoint, "big.bin"), "wb") as handle:
         handle.write(os.urandom(4 * 1024 * 1024))  # more than a pipe buffer: tar's death is seen as a broken pipe
     dest = str(tmp_path / "b")
-    va.archive(engine, [vol], dest, "test", "none", mode="host")
+    va.archive(engine, va.ArchiveOptions([vol], dest, "test", "none", mode="host"))
     os.unlink(os.path.join(mountpoint, "big.bin"))
     before = snapshot(mountpoint)
     monkeypatch.setattr(va, "TAR_EXTRACT", ["sh", "-c", "head -c 100000 >/dev/null; echo tar: boom >&2; exit 3", "tar"])
     with pytest.raises(BackupError, match="GNU tar stopped while extracting into .* \\(tar: boom\\): the volumes were not changed"):
-        va.restore(engine, "latest", dest, "test", mode="host")
+        va.restore(engine, va.RestoreOptions("latest", dest, "test", mode="host"))
     assert snapshot(mountpoint) == before
     assert leftovers(mountpoint) == []

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive as va
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from tests.volume_fixtures import populate, read_metadata, snapshot
 from tests.age_keys import make_key
 
@@ -36,9 +36,9 @@ def test_encrypted_archive_round_trip_and_refused_keys(engine, mm_docker, helper
     spare_before = snapshot(mm_docker.mountpoint(spare))
     dest = str(tmp_path / "b")
 
-    planned = va.archive(engine, [data, spare], dest, "test", "none", mode="host", check_mode=True, recipients=[public])
+    planned = va.archive(engine, va.ArchiveOptions([data, spare], dest, "test", "none", mode="host", recipients=[public]), check_mode=True)
     assert planned["encrypted"] is True and planned["msg"].endswith(".tar.age") and not os.path.exists(dest)
-    result = va.archive(engine, [data, spare], dest, "test", "none", mode="host", recipients=[public])
+    result = va.archive(engine, va.ArchiveOptions([data, spare], dest, "test", "none", mode="host", recipients=[public]))
     assert result["archive"].endswith(".tar.age") and result["encrypted"] is True and result["recipients"] == [public]
     with open(result["archive"], "rb") as handle:
         raw = handle.read()
@@ -64,13 +64,13 @@ def test_encrypted_archive_round_trip_and_refused_keys(engine, mm_docker, helper
     for key, message in ((None, "is encrypted with age: pass age_identity_file"),
                          (wrong, "cannot decrypt .*no identity matched any of the recipients.*use the key of one of %s" % public)):
         with pytest.raises(BackupError, match=message):
-            va.restore(engine, "latest", dest, "test", mode="host", stop_containers=True, identity_file=key)
+            va.restore(engine, va.RestoreOptions("latest", dest, "test", mode="host", stop_containers=True, identity_file=key))
         assert started_at(engine, user) == running  # never stopped, so never restarted
         assert snapshot(mm_docker.mountpoint(data)) == changed
         assert leftovers(mm_docker.mountpoint(data)) == []
         assert engine.volume(spare) is None  # not created either
 
-    restored = va.restore(engine, result["archive"], dest, "test", mode="host", stop_containers=True, identity_file=identity)
+    restored = va.restore(engine, va.RestoreOptions(result["archive"], dest, "test", mode="host", stop_containers=True, identity_file=identity))
     assert sorted(v["action"] for v in restored["volumes"]) == ["created", "replaced"]
     assert [c["name"] for c in restored["stopped_containers"]] == ["%s-user" % mm_docker.prefix]
     assert snapshot(mm_docker.mountpoint(data)) == before
@@ -84,10 +84,10 @@ def test_api_mode_reads_encrypted_archives(engine, mm_docker, helper_image, tmp_
     populate(mm_docker.mountpoint(vol), sparse_size=64 * 1024, extended=False)
     before = snapshot(mm_docker.mountpoint(vol))
     dest = str(tmp_path / "b")
-    result = va.archive(engine, [vol], dest, "test", "zstd", mode="api", helper_image=helper_image, recipients=[public])
+    result = va.archive(engine, va.ArchiveOptions([vol], dest, "test", "zstd", mode="api", helper_image=helper_image, recipients=[public]))
     assert result["archive"].endswith(".tar.zst.age")
     engine.remove_volume(vol)
-    va.restore(engine, "latest", dest, "test", mode="api", helper_image=helper_image, identity_file=identity)
+    va.restore(engine, va.RestoreOptions("latest", dest, "test", mode="api", helper_image=helper_image, identity_file=identity))
     assert snapshot(mm_docker.mountpoint(vol)) == before
 
 

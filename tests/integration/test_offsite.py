@@ -10,7 +10,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _backup_i
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import metadata_path, utc_now
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import Policy, plan
 from tests import pg_fixtures
-from tests.offsite_fixtures import S3_SECRET_KEY, subprocess_run
+from tests.offsite_fixtures import S3_SECRET_KEY
 from tests.retention_fixtures import BackupDir
 
 pytest_plugins = ["tests.offsite_fixtures"]
@@ -35,7 +35,7 @@ def offsite_args(server, **extra):
 
 
 def rclone_for(server, **kwargs):
-    return _offsite.Rclone("rclone", server.remote, subprocess_run, remote_config=server.remote_config, **kwargs)
+    return _offsite.Rclone("rclone", server.remote, remote_config=server.remote_config, **kwargs)
 
 
 def remote_files(server):
@@ -193,8 +193,8 @@ def test_an_archive_that_reads_back_wrong_is_deleted_from_the_remote(offsite_ser
 
     def corrupting(argv, env, consume):
         """Flips a bit of every block read back (overwriting with a constant left blocks that already ended in it intact)."""
-        return _offsite.popen_stream(argv, env, lambda block: consume(block[:-1] + bytes([block[-1] ^ 1])))
-    rclone = _offsite.Rclone("rclone", offsite_server.remote, subprocess_run, stream=corrupting,
+        return _offsite.stream_output(argv, env, lambda block: consume(block[:-1] + bytes([block[-1] ^ 1])))
+    rclone = _offsite.Rclone("rclone", offsite_server.remote, stream=corrupting,
                              remote_config=offsite_server.remote_config)
     result = _offsite.push(rclone, src, "database", "production", Policy(), utc_now())
     assert result["pushed"] == [] and len(result["failed"]) == 1

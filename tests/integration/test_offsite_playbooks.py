@@ -165,7 +165,7 @@ def test_volume_restore_fetches_a_missing_archive_path_from_the_second_location(
     mountpoint = mm_docker.mountpoint(volume)
     with open(os.path.join(mountpoint, "ventas.csv"), "wb") as handle:
         handle.write(b"id,total\n1,100\n")
-    archived = _volume_archive.archive(engine, [volume], str(tmp_path / "old-disk"), "testing", "gzip", mode="host")
+    archived = _volume_archive.archive(engine, _volume_archive.ArchiveOptions([volume], str(tmp_path / "old-disk"), "testing", "gzip", mode="host"))
     base = s3_server.remote.rsplit("/", 1)[0]
     pushed = run_offsite(dict(offsite_args(s3_server, state="push", kind="volumes", environment="testing",
                                            src_dir=str(tmp_path / "old-disk")), remote=base + "/volumes"))

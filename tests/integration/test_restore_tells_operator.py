@@ -127,7 +127,7 @@ def test_volume_archive_on_a_full_disk_says_so(engine, mm_docker, full_dest, com
 def test_a_journal_on_a_full_disk_fails_before_the_step(full_dest):
     """The backup root is full: the step is not recorded, so it must not be taken (one clear line, no traceback)."""
     from ansible_collections.minimarket.backup.plugins.module_utils import _journal
-    from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+    from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
     root = os.path.dirname(full_dest)
     journal = _journal.Job(os.path.join(root, ".journal"), "x restore")
     filler = os.open(os.path.join(root, "relleno"), os.O_WRONLY | os.O_CREAT, 0o600)

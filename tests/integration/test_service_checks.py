@@ -172,7 +172,7 @@ def test_a_redis_that_refuses_its_data_fails_the_check_and_a_killed_runs_leftove
     fill(redis, "redis-server --dir /data --appendonly yes --daemonize yes && sleep 1 && redis-cli set k v >/dev/null "
                 "&& redis-cli shutdown save; base=$(ls /data/appendonlydir/*.base.rdb) && "
                 "printf 'REDIS0011garbage-garbage-garbage' > $base", user="999:999")
-    va.archive(engine, [redis], dest, "development")
+    va.archive(engine, va.ArchiveOptions([redis], dest, "development"))
     live_before = docker("run", "--rm", "-v", "%s:/data" % redis, SERVICES_IMAGE, "sh", "-c", "cat /data/appendonlydir/*.base.rdb | sha256sum")
     # What a verification killed midway leaves behind: a container, a network and a volume of its scratch project.
     label = "%s=%s" % (sc.SCRATCH_LABEL, project)
@@ -197,7 +197,7 @@ def test_a_prometheus_that_never_becomes_ready_fails_the_check_with_one_line(off
     engine = Engine()
     prometheus = volume("prometheus-data")
     fill(prometheus, "chown 65534:65534 /data")
-    va.archive(engine, [prometheus], dest, "development")
+    va.archive(engine, va.ArchiveOptions([prometheus], dest, "development"))
     wrong_port = dict(CHECKS[1], port=9091)
     result = sc.scratch(engine, ["docker-compose"], project, COMPOSE_FILE, [wrong_port], "latest", dest, "development", timeout=5)
     assert result["failure"].startswith("prometheus did not become ready within 5 s (no answer from http://")
@@ -220,8 +220,8 @@ def test_admin_api_off_falls_back_to_stop_with_a_warning(offline_project):
             if docker("exec", name, "ls", "/prometheus/wal", check=False):
                 break
             time.sleep(1)
-        result = va.archive(engine, [prometheus], dest, "development", stop_containers=True,
-                            consistency={prometheus: "prometheus"})
+        result = va.archive(engine, va.ArchiveOptions([prometheus], dest, "development", stop_containers=True,
+                                                      consistency={prometheus: "prometheus"}))
         assert [w.split(" (HTTP")[0] for w in result["warnings"]] == [
             "volume %s: the admin API of Prometheus in %s is off or failed" % (prometheus, name)]
         assert result["warnings"][0].endswith("start Prometheus with --web.enable-admin-api for online backups; "
@@ -276,7 +276,7 @@ def test_the_next_run_undoes_what_a_killed_online_backup_left(offline_project):
         assert os.listdir(journal_dir) == []
         assert not os.path.exists(snapshot) and not os.path.exists(copies)
         assert docker("exec", name, "redis-cli", "config", "get", "auto-aof-rewrite-percentage").split()[1] == "100"
-        result = va.archive(engine, [redis], dest, "development", consistency={redis: "redis"})
+        result = va.archive(engine, va.ArchiveOptions([redis], dest, "development", consistency={redis: "redis"}))
         assert result["warnings"] == []
         assert result["volumes"][0]["consistency"]["mode"] == "redis"
         assert docker("exec", name, "redis-cli", "get", "minimarket:backup:canary") == result["volumes"][0]["consistency"]["canary"]

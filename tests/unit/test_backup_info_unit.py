@@ -9,6 +9,7 @@ import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_info
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._offsite import RemoteBackup
 from tests.retention_fixtures import FOREIGN_NAMES, BackupDir
 
@@ -144,7 +145,7 @@ def test_a_directory_that_does_not_exist_holds_no_backups(tmp_path):
 
 
 def test_a_bad_environment_name_is_refused_with_the_fix(tmp_path):
-    with pytest.raises(bs.BackupError, match="use letters, digits and '-' only"):
+    with pytest.raises(BackupError, match="use letters, digits and '-' only"):
         _backup_info.local(str(tmp_path), "database", "prod_eu", NOW)
 
 

@@ -13,6 +13,23 @@ import sys
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._files import (
+    AtomicFile,
+    backup_lock,
+    new_archive_path,
+    remove_stale_partials,
+    write_metadata,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import (
+    CHUNK,
+    EXTENSIONS,
+    CompressedSink,
+    archive_stream,
+    compression_of,
+    compressor_command,
+    decompressor_command,
+)
 
 WHEN = datetime.datetime(2025, 10, 7, 12, 0, 0, tzinfo=datetime.timezone.utc)
 
@@ -24,7 +41,7 @@ def make_backup(directory, env="production", when=WHEN, payload=b"archive bytes"
         handle.write(payload)
     data = {"archive": name, "size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
     data.update(meta or {})
-    bs.write_metadata(path, data)
+    write_metadata(path, data)
     return path
 
 
@@ -49,12 +66,12 @@ def test_parse_archive_name(name, expected):
 
 @pytest.mark.parametrize("env", ["", "prod_eu", "../x", "pro duction"])
 def test_bad_environment_names_are_refused_with_the_fix(env):
-    with pytest.raises(bs.BackupError, match="use letters, digits and '-' only"):
+    with pytest.raises(BackupError, match="use letters, digits and '-' only"):
         bs.stem("database", env, WHEN)
 
 
 def test_unknown_compression_names_the_choices():
-    with pytest.raises(bs.BackupError, match="use one of gzip, none, zstd"):
+    with pytest.raises(BackupError, match="use one of gzip, none, zstd"):
         bs.archive_name("database", "production", WHEN, "bzip2")
 
 
@@ -93,7 +110,7 @@ def test_latest_is_the_newest_complete_backup_and_its_checksum_is_checked(tmp_pa
 
     with open(older, "r+b") as handle:
         handle.write(b"X")
-    with pytest.raises(bs.BackupError, match="is corrupted: sha256"):
+    with pytest.raises(BackupError, match="is corrupted: sha256"):
         bs.resolve_source("latest", str(tmp_path), "database", "production")
 
 
@@ -114,27 +131,27 @@ def test_sizes_read_as_an_operator_reads_them(size, text):
 
 
 def test_source_errors_say_what_to_do(tmp_path):
-    with pytest.raises(bs.BackupError, match="no complete database backup for environment 'production'"):
+    with pytest.raises(BackupError, match="no complete database backup for environment 'production'"):
         bs.resolve_source("latest", str(tmp_path), "database", "production")
-    with pytest.raises(bs.BackupError, match="does not exist: check the path or use src=latest"):
+    with pytest.raises(BackupError, match="does not exist: check the path or use src=latest"):
         bs.resolve_source(str(tmp_path / "database_production_20251007_120000.tar.gz"), str(tmp_path), "database", "production")
-    with pytest.raises(bs.BackupError, match="is not a backup of this collection"):
+    with pytest.raises(BackupError, match="is not a backup of this collection"):
         bs.resolve_source(str(tmp_path / "dump.sql.gz"), str(tmp_path), "database", "production")
     volumes = make_backup(tmp_path, kind="volumes")
-    with pytest.raises(bs.BackupError, match="is a volumes backup, not a database backup"):
+    with pytest.raises(BackupError, match="is a volumes backup, not a database backup"):
         bs.resolve_source(volumes, str(tmp_path), "database", "production")
 
 
 def test_atomic_file_is_0600_and_leaves_nothing_on_failure(tmp_path):
     target = str(tmp_path / "database_production_20251007_120000.tar.gz")
     with pytest.raises(RuntimeError):
-        with bs.AtomicFile(target) as out:
+        with AtomicFile(target) as out:
             out.handle.write(b"half")
             assert stat.S_IMODE(os.stat(out.partial).st_mode) == 0o600
             raise RuntimeError("disk died")
     assert os.listdir(str(tmp_path)) == []
 
-    with bs.AtomicFile(target) as out:
+    with AtomicFile(target) as out:
         out.handle.write(b"whole")
         out.commit()
     assert os.listdir(str(tmp_path)) == [os.path.basename(target)]
@@ -150,7 +167,7 @@ def test_atomic_file_removes_the_partial_when_the_final_flush_fails(tmp_path):
 
     target = str(tmp_path / "database_production_20251007_120000.tar")
     with pytest.raises(RuntimeError):
-        with bs.AtomicFile(target) as out:
+        with AtomicFile(target) as out:
             out.handle = FullDisk(io.FileIO(out.partial, "wb"))
             out.handle.write(b"buffered tail")
             raise RuntimeError("pg_dump failed")
@@ -160,15 +177,16 @@ def test_atomic_file_removes_the_partial_when_the_final_flush_fails(tmp_path):
 def test_lock_refuses_a_second_writer_in_another_process(tmp_path):
     code = (
         "import sys\n"
-        "from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs\n"
+        "from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError\n"
+        "from ansible_collections.minimarket.backup.plugins.module_utils._files import backup_lock\n"
         "try:\n"
-        "    with bs.backup_lock(sys.argv[1], 'database', 'production'):\n"
+        "    with backup_lock(sys.argv[1], 'database', 'production'):\n"
         "        pass\n"
-        "except bs.BackupError as exc:\n"
+        "except BackupError as exc:\n"
         "    print(exc); sys.exit(3)\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    with bs.backup_lock(str(tmp_path), "database", "production"):
+    with backup_lock(str(tmp_path), "database", "production"):
         proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 3, proc.stderr
     assert "another database backup of 'production' is running" in proc.stdout
@@ -178,37 +196,37 @@ def test_lock_refuses_a_second_writer_in_another_process(tmp_path):
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
 def test_compressed_sink_streams_and_counts_what_reached_the_file(tmp_path, compression):
-    payload = os.urandom(3 * bs.CHUNK) + b"inventario " * 100000
-    path = str(tmp_path / ("x" + bs.EXTENSIONS[compression]))
+    payload = os.urandom(3 * CHUNK) + b"inventario " * 100000
+    path = str(tmp_path / ("x" + EXTENSIONS[compression]))
     with open(path, "wb") as handle:
-        sink = bs.CompressedSink(handle, compression)
+        sink = CompressedSink(handle, compression)
         for offset in range(0, len(payload), 65536):
             sink.write(payload[offset:offset + 65536])
         size, digest = sink.close()
     assert size == os.path.getsize(path)
     assert digest == bs.sha256_file(path)
-    command = bs.decompressor_command(compression)
+    command = decompressor_command(compression)
     if command is None:
         restored = open(path, "rb").read()
     else:
         restored = subprocess.run(command + [path], capture_output=True, check=True).stdout
     assert restored == payload
-    assert bs.compression_of(os.path.basename(path).replace("x", "database_production_20251007_120000")) == compression
+    assert compression_of(os.path.basename(path).replace("x", "database_production_20251007_120000")) == compression
 
 
 def test_gzip_is_igzip_by_default_and_zlib_for_an_explicit_level(tmp_path):
     """The default writes a standard .tar.gz that plain gzip reads; an explicit zlib level still means that level."""
-    assert bs.compressor_command("gzip") == ["igzip", "-c", "-3"]
-    assert bs.compressor_command("gzip", 6)[1:] == ["-c", "-6"] and bs.compressor_command("gzip", 6)[0] in ("pigz", "gzip")
-    assert bs.decompressor_command("gzip") == ["igzip", "-d", "-c"]
+    assert compressor_command("gzip") == ["igzip", "-c", "-3"]
+    assert compressor_command("gzip", 6)[1:] == ["-c", "-6"] and compressor_command("gzip", 6)[0] in ("pigz", "gzip")
+    assert decompressor_command("gzip") == ["igzip", "-d", "-c"]
     payload = b"venta;producto;cantidad\n" * 100000 + os.urandom(200000)
     for level in (None, 6):
         path = str(tmp_path / ("x%s.tar.gz" % level))
         with open(path, "wb") as handle:
-            sink = bs.CompressedSink(handle, "gzip", level=level)
+            sink = CompressedSink(handle, "gzip", level=level)
             sink.write(payload)
             sink.close()
-        for reader in (["gzip", "-dc"], bs.decompressor_command("gzip")):
+        for reader in (["gzip", "-dc"], decompressor_command("gzip")):
             assert subprocess.run(reader + [path], capture_output=True, check=True).stdout == payload
 
 
@@ -220,8 +238,8 @@ def test_metadata_is_written_last_as_json(tmp_path):
 
 
 def test_lock_in_a_missing_directory_names_the_fix(tmp_path):
-    with pytest.raises(bs.BackupError, match="check that the directory exists and is writable"):
-        with bs.backup_lock(str(tmp_path / "missing"), "database", "production"):
+    with pytest.raises(BackupError, match="check that the directory exists and is writable"):
+        with backup_lock(str(tmp_path / "missing"), "database", "production"):
             pass
 
 
@@ -232,25 +250,25 @@ def test_stale_partials_removed_only_for_this_set(tmp_path):
              "database_prod_20250101_000000.tar.gz", "database_prod_notes.partial"]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    assert bs.remove_stale_partials(str(tmp_path), "database", "prod") == sorted(names[:3])
+    assert remove_stale_partials(str(tmp_path), "database", "prod") == sorted(names[:3])
     assert sorted(os.listdir(tmp_path)) == sorted(names[3:])
 
 
 def test_new_archive_path_refuses_a_name_already_taken(tmp_path):
     when = datetime.datetime(2025, 1, 1, 2, 0, tzinfo=datetime.timezone.utc)
-    path = bs.new_archive_path(str(tmp_path), "volumes", "prod", when, "zstd")
+    path = new_archive_path(str(tmp_path), "volumes", "prod", when, "zstd")
     assert path == str(tmp_path / "volumes_prod_20250101_020000.tar.zst")
     (tmp_path / "volumes_prod_20250101_020000_metadata.json").write_text("{}")
-    with pytest.raises(bs.BackupError, match="already exists .two backups in the same second.: run again"):
-        bs.new_archive_path(str(tmp_path), "volumes", "prod", when, "zstd")
+    with pytest.raises(BackupError, match="already exists .two backups in the same second.: run again"):
+        new_archive_path(str(tmp_path), "volumes", "prod", when, "zstd")
 
 
 def test_atomic_file_replaces_a_killed_runs_partial_only_under_the_lock(tmp_path):
     target = str(tmp_path / "metrics.prom")
     (tmp_path / "metrics.prom.partial").write_text("left by a killed run")
-    with pytest.raises(bs.BackupError, match="cannot create"):
-        bs.AtomicFile(target)
-    with bs.AtomicFile(target, locked=True) as out:
+    with pytest.raises(BackupError, match="cannot create"):
+        AtomicFile(target)
+    with AtomicFile(target, locked=True) as out:
         out.handle.write(b"new\n")
         out.commit()
     assert open(target).read() == "new\n"
@@ -260,17 +278,17 @@ def test_atomic_file_replaces_a_killed_runs_partial_only_under_the_lock(tmp_path
 
 @pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
 def test_archive_stream_takes_the_sha256_in_the_same_read(tmp_path, compression):
-    plain = os.urandom(3 * bs.CHUNK + 5)
-    path = str(tmp_path / ("volumes_test_20250101_000000" + bs.EXTENSIONS[compression]))
-    command = bs.compressor_command(compression)
+    plain = os.urandom(3 * CHUNK + 5)
+    path = str(tmp_path / ("volumes_test_20250101_000000" + EXTENSIONS[compression]))
+    command = compressor_command(compression)
     with open(path, "wb") as handle:
         handle.write(subprocess.run(command, input=plain, stdout=subprocess.PIPE, check=True).stdout if command else plain)
     digest = hashlib.sha256()
-    with bs.archive_stream(path, digest=digest) as stream:
+    with archive_stream(path, digest=digest) as stream:
         assert stream.read() == plain
     assert digest.hexdigest() == bs.sha256_file(path)
     # a reader that stops early: its error comes out and the feeding thread ends (no hang)
     with pytest.raises(RuntimeError, match="reader stopped"):
-        with bs.archive_stream(path, digest=hashlib.sha256()) as stream:
+        with archive_stream(path, digest=hashlib.sha256()) as stream:
             stream.read(10)
             raise RuntimeError("reader stopped")

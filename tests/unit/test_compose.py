@@ -1,7 +1,7 @@
 """Finding a compose service's container by its labels (pure logic; docker ps itself runs in the SSH tests)."""
 import pytest
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._compose import pick, ps_argv, service_container
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import PgTools
 

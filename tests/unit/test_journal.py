@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 
 
 def files(directory):

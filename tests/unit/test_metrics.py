@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._metrics import (
     file_name,
     parse,

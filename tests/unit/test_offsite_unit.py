@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._offsite import (
     Rclone,
     RemoteBackup,
@@ -11,7 +11,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._offsite import 
     metadata_name,
     secret_values,
 )
-from tests.offsite_fixtures import subprocess_run
+from ansible_collections.minimarket.backup.plugins.module_utils._process import run
 
 NAME = "database_production_20251007_020000.tar.gz"
 
@@ -22,7 +22,7 @@ class Recorder(object):
     def __init__(self):
         self.calls = []
 
-    def __call__(self, argv, env, data=None):
+    def __call__(self, argv, data=None, env=None, binary=False):
         self.calls.append((argv, dict(env), data))
         return 0, b"OBSCURED\n", ""
 
@@ -49,11 +49,11 @@ def test_remote_config_goes_to_the_environment_and_passwords_are_obscured_throug
 
 
 def test_real_obscure_is_revealed_by_rclone_to_the_same_password():
-    rclone = Rclone("rclone", "offsite:x", subprocess_run, remote_config={"type": "sftp", "pass": "p4ss w0rd!"})
+    rclone = Rclone("rclone", "offsite:x", remote_config={"type": "sftp", "pass": "p4ss w0rd!"})
     obscured = rclone.env["RCLONE_CONFIG_OFFSITE_PASS"]
     assert obscured != "p4ss w0rd!"
-    rc, out, _err = subprocess_run(["rclone", "reveal", "--", obscured], {})
-    assert rc == 0 and out.decode().strip() == "p4ss w0rd!"
+    rc, out, _err = run(["rclone", "reveal", "--", obscured])
+    assert rc == 0 and out.strip() == "p4ss w0rd!"
 
 
 @pytest.mark.parametrize("config, message", [

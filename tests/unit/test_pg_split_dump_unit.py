@@ -15,15 +15,17 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _pg_dump 
 from ansible_collections.minimarket.backup.plugins.module_utils import _pg_format as pg_format
 from ansible_collections.minimarket.backup.plugins.module_utils import _pg_globals as pg_globals
 from ansible_collections.minimarket.backup.plugins.module_utils import _pg_load as pg_load
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, CompressedSink, utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import utc_now
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import CompressedSink
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import (
     PgTools,
     SPOOL_SCRIPT,
     dump_pattern,
     explain,
     major_of,
-    subprocess_runner,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils._process import run
 from tests.volume_fixtures import with_checksum
 
 PARAMS = dict(login_host="db.example", login_port=5433, login_user="backup", login_password="s3cret-pw",
@@ -184,7 +186,7 @@ def test_native_argv_and_env_keep_password_out_of_argv(tmp_path):
     tools = PgTools(dict(PARAMS, bin_dir=str(tmp_path)))
     argv = tools.argv("pg_dump", ["-d", "shop"])
     assert argv == [str(tmp_path / "pg_dump"), "-d", "shop"]
-    env = tools.env()
+    env = tools.environ_update()
     assert env["PGPASSWORD"] == "s3cret-pw" and env["PGHOST"] == "db.example" and env["PGPORT"] == "5433"
     assert env["PGUSER"] == "backup"
     assert tools.argv("psql", ["-d", "x"], spool_stdin=True)[:4] == ["sh", "-c", SPOOL_SCRIPT, "sh"]
@@ -195,14 +197,15 @@ def test_native_argv_and_env_keep_password_out_of_argv(tmp_path):
 def test_unix_socket_wins_and_options_override_inherited_variables(monkeypatch):
     monkeypatch.setenv("PGPASSWORD", "inherited")
     monkeypatch.setenv("PGHOST", "elsewhere")
-    env = PgTools(dict(PARAMS, login_unix_socket="/run/pg")).env()
-    assert env["PGHOST"] == "/run/pg" and env["PGPASSWORD"] == "s3cret-pw"
+    tools = PgTools(dict(PARAMS, login_unix_socket="/run/pg"))
+    rc, out, _err = run(["sh", "-c", 'printf "%s %s" "$PGHOST" "$PGPASSWORD"'], env=tools.environ_update())
+    assert (rc, out) == (0, "/run/pg s3cret-pw")
 
 
 def test_ssl_settings_travel_in_the_environment_only(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
     params = dict(PARAMS, ssl_mode="verify-full", ca_cert="/etc/minimarket/pg-ca.crt")
-    env = PgTools(params).env()
+    env = PgTools(params).environ_update()
     assert env["PGSSLMODE"] == "verify-full" and env["PGSSLROOTCERT"] == "/etc/minimarket/pg-ca.crt"
     for tools in (PgTools(params), PgTools(dict(params, container="inventario-retail_postgres_1"))):
         argv = " ".join(tools.argv("pg_dump", ["-d", "shop"]))
@@ -228,8 +231,8 @@ def test_container_argv_passes_variable_names_only(monkeypatch):
 def fake_runner(outputs):
     calls = []
 
-    def run(args, data=None, environ_update=None, binary_data=False):
-        calls.append((args, data, environ_update))
+    def run(args, data=None, env=None):
+        calls.append((args, data, env))
         return outputs.pop(0)
     return run, calls
 
@@ -293,11 +296,6 @@ def test_check_dest_messages(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(BackupError, match=r"does not exist and .*/file is not a writable directory"):
         pg_dump.check_dest(str(tmp_path / "file" / "database"), may_not_exist=True)
-
-
-def test_subprocess_runner_passes_stdin_and_env():
-    rc, out, _err = subprocess_runner(["sh", "-c", 'cat; printf "%s" "$X"'], data="in-", environ_update={"X": "env"})
-    assert (rc, out) == (0, "in-env")
 
 
 class FullDisk(object):

@@ -6,7 +6,8 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError, list_backups
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import list_backups
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._retention import (
     STATE_COMPLETE,
     STATE_INCOMPLETE,

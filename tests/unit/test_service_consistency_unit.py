@@ -3,7 +3,7 @@ import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _service_check as sc
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_consistency as vc
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 
 VOLUMES = ["p_redis-data", "p_grafana-data", "p_loki-data"]
 

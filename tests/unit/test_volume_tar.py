@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_archive import _IterReader, classify_tar_stderr, check_volume_names
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import (
     BLOCK,

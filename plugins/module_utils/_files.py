@@ -1,0 +1,133 @@
+# Copyright (c) 2026 Mini Market
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Writing backups safely: one writer per set, files that appear only when complete, a killed run's leftovers removed.
+
+Writers go through ``.partial`` files (mode 0600) renamed into place and
+fsynced, so nothing that looks complete can be left behind by a failure.
+"""
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+
+from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
+    METADATA_SUFFIX,
+    PARTIAL_SUFFIX,
+    archive_name,
+    metadata_path,
+    parse_archive_name,
+)
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+
+
+@contextlib.contextmanager
+def backup_lock(directory, kind, environment):
+    """One writer per directory+kind+environment; flock dies with its process, so no stale locks."""
+    path = os.path.join(directory, ".%s_%s.lock" % (kind, environment))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise BackupError("cannot create lock file %s: %s; check that the directory exists and is writable" % (path, exc.strerror))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (OSError, IOError):
+            raise BackupError(
+                "another %s backup of %r is running in %s (lock %s held): wait for it to finish" % (kind, environment, directory, path)
+            )
+        yield path
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_partials(directory, kind, environment):
+    """Only under backup_lock: a .partial of this set that nobody is writing is what a killed run left."""
+    removed = []
+    prefix = "%s_%s_" % (kind, environment)
+    for name in sorted(os.listdir(directory)):
+        if not (name.startswith(prefix) and name.endswith(PARTIAL_SUFFIX)):
+            continue
+        base = name[: -len(PARTIAL_SUFFIX)]
+        if base.endswith(METADATA_SUFFIX):
+            base = base[: -len(METADATA_SUFFIX)] + ".tar"
+        parsed = parse_archive_name(base)
+        if parsed is not None and parsed[:2] == (kind, environment):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
+
+def new_archive_path(directory, kind, environment, when, compression, encrypted=False):
+    """The path of a backup about to be written; two backups in the same second must not meet in one name."""
+    path = os.path.join(directory, archive_name(kind, environment, when, compression, encrypted))
+    if os.path.lexists(path) or os.path.lexists(metadata_path(path)):
+        raise BackupError("%s already exists (two backups in the same second): run again" % path)
+    return path
+
+
+class AtomicFile(object):
+    """A 0600 file written as ``<path>.partial`` and renamed into place only by commit().
+
+    ``locked``: the caller holds the writer's lock, so a ``.partial`` already
+    there is a killed run's leftover and is replaced instead of refused.
+    """
+
+    def __init__(self, path, locked=False):
+        self.path = path
+        self.partial = path + PARTIAL_SUFFIX
+        if locked:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.partial)
+        try:
+            # Opened by name (not os.fdopen) so handle.name is the path a disk-full message must show.
+            self.handle = open(self.partial, "xb", opener=lambda path, flags: os.open(path, flags, 0o600))
+        except OSError as exc:
+            raise BackupError("cannot create %s: %s" % (self.partial, exc.strerror))
+
+    def commit(self):
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+        except OSError as exc:
+            fix = "free space on the destination" if exc.errno == errno.ENOSPC else "check the destination"
+            raise BackupError("writing %s failed: %s -- %s or choose another dest" % (self.partial, exc.strerror or exc, fix))
+        os.rename(self.partial, self.path)
+        fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+
+    def discard(self):
+        """Closing flushes the buffer, which fails on a full disk: the unlink must still happen."""
+        try:
+            with contextlib.suppress(OSError):
+                self.handle.close()
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(self.partial)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.discard()
+        return False
+
+
+def write_metadata(archive_path, data):
+    """Written last: its existence is what makes a backup complete."""
+    path = metadata_path(archive_path)
+    with AtomicFile(path) as target:
+        target.handle.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n")
+        target.commit()
+    return path
