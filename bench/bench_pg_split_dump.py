@@ -1,19 +1,34 @@
-"""Benchmark pg_split_dump against the documented procedure and raw pg_dump, in one run.
+"""Benchmark pg_split_dump against the standard tools, in one run, with CPU accounting.
 
 Run manually (``make bench`` or)::
 
-    .venv/bin/python bench/bench_pg_split_dump.py --rows 1800000   # ~1 GB seed database
+    .venv/bin/python bench/bench_pg_split_dump.py --rows 1800000   # ~900 MB seed database
     .venv/bin/python bench/bench_pg_split_dump.py --rows 200000    # quick, ~120 MB
 
-Prints every figure (the median of ``--repeat`` interleaved rounds) as a ratio to a
-baseline measured in the same run (no absolute thresholds), plus the module process's
-peak RSS and the peak bytes in the backup directory during the dump (the metadata
-file aside), and writes the figures to ``bench/results/``.
+Each round runs, interleaved so that load from other work hits them alike:
+
+* baselines (issue 16): raw ``pg_dump > /dev/null``, ``pg_dump -Fp | zstd -T0 -3 > file``, and
+  ``pg_restore -j 2`` (database created first) of a ``pg_dump -Fd -j 2`` dump of the same database;
+* the module (real entry point): dump with the default gzip and with zstd, and a verified restore
+  (``strategy: swap`` into a new database: ANALYZE and the per-table row-count check included) of
+  the zstd archive;
+* with ``--compare DIR``: the same module steps from another checkout (e.g. the main branch), so
+  that before and after are measured in the same minutes;
+* with ``--documented``: the documented procedure (2 x ``pg_dump`` + ``tar czf``) and its psql replay.
+
+Every figure is the median of ``--repeat`` rounds, printed as a ratio to a baseline of the same run
+(no absolute thresholds), with CPU seconds: client = user+sys of the step's process tree (the module
+and its pg_dump/psql/compressor children, or the shell pipeline), server = the backends the
+postmaster reaped during the step (autovacuum is off in this throwaway cluster so that it does not
+land in another step's figure). Also the load average at each step, the module's peak RSS (its own
+process and its largest child), the peak bytes in the backup directory during a dump over the final
+archive, and the figures as JSON in ``bench/results/``.
 """
 import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -28,18 +43,8 @@ sys.path[:0] = [REPO, os.path.join(REPO, ".collections")]
 from testenv.pgserver import PgServer  # noqa: E402
 from testenv.seed.minimarket_seed import seed  # noqa: E402
 
-MODULE = os.path.join(REPO, "plugins", "modules", "pg_split_dump.py")
 DB = "minimarket"
-
-
-def timed_s(func):
-    start = time.monotonic()
-    func()
-    return time.monotonic() - start
-
-
-def shell(command, env, cwd=None):
-    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, env=env, cwd=cwd)
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def dir_bytes(path):
@@ -54,26 +59,94 @@ def dir_bytes(path):
     return total
 
 
-def run_module(args):
-    """The real module entry point; samples its own VmHWM and the destination's size while it runs."""
+def descendants(pid):
+    """Every live process under ``pid`` (from /proc/*/task/*/children)."""
+    found = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir("/proc/%d/task" % parent)
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open("/proc/%d/task/%s/children" % (parent, task)) as handle:
+                    children = [int(child) for child in handle.read().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def vm_hwm_kb(pid):
+    try:
+        with open("/proc/%d/status" % pid) as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Server(object):
+    """CPU seconds of the backends the postmaster has reaped (its cutime + cstime)."""
+
+    def __init__(self, server):
+        with open(os.path.join(server.datadir, "postmaster.pid")) as handle:
+            self.pid = int(handle.readline())
+        self.idle = None
+
+    def reaped_cpu(self):
+        with open("/proc/%d/stat" % self.pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / float(TICK)
+
+    def settle(self):
+        """Wait until the step's backends have exited and been reaped (their CPU lands in the postmaster's then)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(descendants(self.pid)) > self.idle:
+            time.sleep(0.05)
+        time.sleep(0.1)
+
+
+def measure(server, func):
+    """(wall s, client CPU s, server CPU s, load average) of one step; client = this process's reaped children."""
+    server.settle()
+    load = os.getloadavg()[0]
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before_server = server.reaped_cpu()
+    start = time.monotonic()
+    extra = func()
+    wall = time.monotonic() - start
+    server.settle()
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client = (after_children.ru_utime - before_children.ru_utime) + (after_children.ru_stime - before_children.ru_stime)
+    return dict(wall=wall, client_cpu=client, server_cpu=server.reaped_cpu() - before_server, load=load, **(extra or {}))
+
+
+def shell(command, env, cwd=None):
+    subprocess.run(["bash", "-o", "pipefail", "-c", command], check=True, env=env, cwd=cwd)
+
+
+def run_module(repo, args):
+    """The real module entry point of checkout ``repo``; samples peak RSS (its own and its largest child's) and dest's size."""
     handle, path = tempfile.mkstemp(suffix=".json")
     with os.fdopen(handle, "w") as out:
         json.dump({"ANSIBLE_MODULE_ARGS": args}, out)
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, ".collections"))
-    start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, MODULE, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    peak = {"rss_kb": 0, "dest_bytes": 0}
+    env = dict(os.environ, PYTHONPATH=os.path.join(repo, ".collections"))
+    proc = subprocess.Popen([sys.executable, os.path.join(repo, "plugins", "modules", "pg_split_dump.py"), path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    peak = {"rss_kb": 0, "child_rss_kb": 0, "dest_bytes": 0}
     done = threading.Event()
 
     def sample():
         while not done.is_set():
-            try:
-                with open("/proc/%d/status" % proc.pid) as status:
-                    for line in status:
-                        if line.startswith("VmHWM:"):
-                            peak["rss_kb"] = max(peak["rss_kb"], int(line.split()[1]))
-            except OSError:
-                pass
+            peak["rss_kb"] = max(peak["rss_kb"], vm_hwm_kb(proc.pid))
+            for child in descendants(proc.pid):
+                peak["child_rss_kb"] = max(peak["child_rss_kb"], vm_hwm_kb(child))
             if args.get("dest"):
                 peak["dest_bytes"] = max(peak["dest_bytes"], dir_bytes(args["dest"]))
             time.sleep(0.05)
@@ -81,14 +154,13 @@ def run_module(args):
     sampler = threading.Thread(target=sample)
     sampler.start()
     out, err = proc.communicate()
-    elapsed = time.monotonic() - start
     done.set()
     sampler.join()
     os.unlink(path)
     result = json.loads(out.decode().strip().splitlines()[-1])
     if proc.returncode != 0:
         raise SystemExit("module failed: %s %s" % (result.get("msg"), err.decode()))
-    return elapsed, result, peak
+    return result, peak
 
 
 def machine():
@@ -106,97 +178,138 @@ def machine():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1800000, help="seed scale (1800000 is about 1 GB)")
+    parser.add_argument("--rows", type=int, default=1800000, help="seed scale (1800000 is about 900 MB)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="rounds; each figure is the median")
     parser.add_argument("--workdir", default=None, help="where archives go (default: a temp dir)")
+    parser.add_argument("--compare", default=None, help="another checkout whose module is measured too (before/after)")
+    parser.add_argument("--documented", action="store_true", help="also the documented pg_dump + tar czf and its psql replay")
     opts = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-pgsd-", dir=opts.workdir)
-    figures = {"rows": opts.rows, "jobs": opts.jobs, "machine": machine()}
+    figures = {"rows": opts.rows, "jobs": opts.jobs, "machine": machine(), "compare": opts.compare}
+    samples = {}
     try:
-        with PgServer() as server:
-            server.create_database(DB)
-            with server.connect(DB) as conn:
-                seed_s = timed_s(lambda: seed(conn, rows=opts.rows))
-            figures["db_bytes"] = server.execute("SELECT pg_database_size(%s)", params=(DB,))[0][0]
-            figures["seed_s"] = round(seed_s, 1)
-            env = dict(os.environ, PGPASSWORD=server.password, PGHOST=server.host, PGPORT=str(server.port), PGUSER=server.user)
-            bindir = server.bindir
+        with PgServer() as pg:
+            pg.execute("ALTER SYSTEM SET autovacuum = off")
+            pg.execute("SELECT pg_reload_conf()")
+            pg.create_database(DB)
+            with pg.connect(DB) as conn:
+                start = time.monotonic()
+                seed(conn, rows=opts.rows)
+                figures["seed_s"] = round(time.monotonic() - start, 1)
+            pg.execute("VACUUM ANALYZE", DB)
+            figures["db_bytes"] = pg.execute("SELECT pg_database_size(%s)", params=(DB,))[0][0]
+            server = Server(pg)
+            server.idle = len(descendants(server.pid))
+            env = dict(os.environ, PGPASSWORD=pg.password, PGHOST=pg.host, PGPORT=str(pg.port), PGUSER=pg.user)
+            bindir = pg.bindir
             dump = os.path.join(bindir, "pg_dump")
             psql = os.path.join(bindir, "psql")
-            doc_dir = os.path.join(work, "documented")
-            os.mkdir(doc_dir)
-            samples = {}
+            conn_args = dict(login_host=pg.host, login_port=pg.port, login_user=pg.user,
+                             login_password=pg.password, bin_dir=bindir, db=DB, jobs=opts.jobs)
+            checkouts = [("module", REPO)] + ([("compare", os.path.abspath(opts.compare))] if opts.compare else [])
 
-            def record(key, seconds):
-                samples.setdefault(key, []).append(seconds)
+            def record(key, step):
+                samples.setdefault(key, []).append(step)
 
-            conn_args = dict(login_host=server.host, login_port=server.port, login_user=server.user,
-                             login_password=server.password, bin_dir=bindir, db=DB, jobs=opts.jobs)
+            def module_dump(label, repo, compression):
+                dest = os.path.join(work, "%s_%s" % (label, compression))
+                shutil.rmtree(dest, ignore_errors=True)
+                os.mkdir(dest)
+                found = {}
 
-            def documented_restore():
-                server.drop_database("replay")
-                server.create_database("replay")
-                shell("tar xzf documented.tar.gz && %s -X -q -o /dev/null -v ON_ERROR_STOP=1 -d replay -f schema.sql && "
-                      "%s -X -q -o /dev/null -v ON_ERROR_STOP=1 -d replay -f data.sql" % (psql, psql), env, doc_dir)
+                def step():
+                    # dest, not backup_dir: the alias every version knows, so that --compare runs older checkouts too.
+                    result, peak = run_module(repo, dict(conn_args, state="dump", dest=dest, environment="bench",
+                                                         compression=compression))
+                    found.update(result=result)
+                    return dict(archive_bytes=result["size"], peak_rss_mb=round(peak["rss_kb"] / 1024.0, 1),
+                                peak_child_rss_mb=round(peak["child_rss_kb"] / 1024.0, 1),
+                                dest_over_archive=round(peak["dest_bytes"] / float(result["size"]), 3))
+                record("%s_dump_%s" % (label, compression), measure(server, step))
+                return found["result"]
 
-            # Rounds interleave every variant so that load from other work on the machine hits them alike.
+            def module_restore(label, repo, archive):
+                pg.drop_database("restored")
+
+                def step():
+                    result, peak = run_module(repo, dict(conn_args, state="restore", db="restored", restore_as="restored",
+                                                         src=archive, environment="bench"))
+                    assert all(entry["ok"] for entry in result["tables"].values()), result["tables"]
+                    return dict(peak_rss_mb=round(peak["rss_kb"] / 1024.0, 1),
+                                peak_child_rss_mb=round(peak["child_rss_kb"] / 1024.0, 1))
+                record("%s_restore_zstd" % label, measure(server, step))
+
+            def pg_restore_baseline():
+                pg.drop_database("pgrestored")
+                record("pg_restore_j2", measure(server, lambda: shell(
+                    "%s -X -q -d postgres -c 'CREATE DATABASE pgrestored' && %s/pg_restore -j 2 -d pgrestored %s/fd"
+                    % (psql, bindir, work), env)))
+
             for _round in range(opts.repeat):
-                record("documented_dump", timed_s(lambda: shell(
-                    "rm -f documented.tar.gz && %s --schema-only -d %s > schema.sql && %s --data-only -d %s > data.sql && "
-                    "tar czf documented.tar.gz schema.sql data.sql && rm -f schema.sql data.sql" % (dump, DB, dump, DB), env, doc_dir)))
-                figures["documented_archive_bytes"] = os.path.getsize(os.path.join(doc_dir, "documented.tar.gz"))
-                record("pg_dump_Fc_devnull", timed_s(lambda: shell("%s -Fc -d %s > /dev/null" % (dump, DB), env)))
-                record("pg_dump_Fc_Z0_devnull", timed_s(lambda: shell("%s -Fc -Z0 -d %s > /dev/null" % (dump, DB), env)))
-                for compression, level in (("gzip", None), ("zstd", None), ("gzip", 6)):
-                    key = compression + ("%d" % level if level else "")
-                    dest = os.path.join(work, key)
-                    shutil.rmtree(dest, ignore_errors=True)
-                    os.mkdir(dest)
-                    elapsed, result, peak = run_module(dict(conn_args, state="dump", dest=dest, environment="bench",
-                                                            compression=compression, compression_level=level))
-                    record("module_dump_" + key, elapsed)
-                    figures["module_%s_archive_bytes" % key] = result["size"]
-                    figures["module_%s_peak_rss_mb" % key] = max(
-                        figures.get("module_%s_peak_rss_mb" % key, 0), round(peak["rss_kb"] / 1024.0, 1))
-                    figures["module_%s_peak_dest_bytes" % key] = max(
-                        figures.get("module_%s_peak_dest_bytes" % key, 0), peak["dest_bytes"])
-                    figures["module_%s_archive" % key] = result["archive"]
-                record("documented_restore", timed_s(documented_restore))
-                elapsed, result, peak = run_module(dict(conn_args, state="restore", db="restored", src=figures["module_zstd_archive"],
-                                                        environment="bench", keep_previous=False))
-                record("module_restore_zstd", elapsed)
-                restore_rss = round(peak["rss_kb"] / 1024.0, 1)
-                figures["module_restore_peak_rss_mb"] = max(figures.get("module_restore_peak_rss_mb", 0), restore_rss)
-            t = dict((key, statistics.median(values)) for key, values in samples.items())
-            figures["samples"] = dict((key, [round(v, 2) for v in values]) for key, values in samples.items())
-            figures["seconds"] = dict((k, round(v, 2)) for k, v in t.items())
+                record("pg_dump_devnull", measure(server, lambda: shell("%s -d %s > /dev/null" % (dump, DB), env)))
+                record("pg_dump_zstd", measure(server, lambda: shell(
+                    "%s -Fp -d %s | zstd -q -T0 -3 > %s/plain.sql.zst" % (dump, DB, work), env)))
+                shutil.rmtree(os.path.join(work, "fd"), ignore_errors=True)
+                record("pg_dump_Fd_j2", measure(server, lambda: shell("%s -Fd -j 2 -d %s -f %s/fd" % (dump, DB, work), env)))
+                archives = {}
+                for label, repo in checkouts:
+                    for compression in ("gzip", "zstd"):
+                        result = module_dump(label, repo, compression)
+                        archives[(label, compression)] = result["archive"]
+                        figures["%s_tables" % label] = result["tables"]
+                pg_restore_baseline()
+                for label, repo in checkouts:
+                    module_restore(label, repo, archives[(label, "zstd")])
+                if opts.documented:
+                    doc = os.path.join(work, "documented")
+                    os.makedirs(doc, exist_ok=True)
+                    record("documented_dump", measure(server, lambda: shell(
+                        "rm -f documented.tar.gz && %s --schema-only -d %s > schema.sql && %s --data-only -d %s > data.sql && "
+                        "tar czf documented.tar.gz schema.sql data.sql && rm -f schema.sql data.sql" % (dump, DB, dump, DB), env, doc)))
+                    pg.drop_database("replay")
+                    pg.create_database("replay")
+                    record("documented_restore", measure(server, lambda: shell(
+                        "tar xzf documented.tar.gz && %s -X -q -o /dev/null -v ON_ERROR_STOP=1 -d replay -f schema.sql && "
+                        "%s -X -q -o /dev/null -v ON_ERROR_STOP=1 -d replay -f data.sql" % (psql, psql), env, doc)))
+            figures["plain_zstd_bytes"] = os.path.getsize(os.path.join(work, "plain.sql.zst"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    s = figures["seconds"]
-    ratios = {
-        "dump gzip speed-up vs documented (target >= 2)": s["documented_dump"] / s["module_dump_gzip"],
-        "dump zstd speed-up vs documented (target >= 3)": s["documented_dump"] / s["module_dump_zstd"],
-        "dump gzip compression_level=6 (pigz) speed-up vs documented": s["documented_dump"] / s["module_dump_gzip6"],
-        "archive size, default gzip / documented": figures["module_gzip_archive_bytes"] / float(figures["documented_archive_bytes"]),
-        "archive size, gzip level 6 / documented": figures["module_gzip6_archive_bytes"] / float(figures["documented_archive_bytes"]),
-        "dump zstd time / pg_dump -Fc to /dev/null (target <= 1.3)": s["module_dump_zstd"] / s["pg_dump_Fc_devnull"],
-        "dump zstd time / pg_dump -Fc -Z0 to /dev/null": s["module_dump_zstd"] / s["pg_dump_Fc_Z0_devnull"],
-        "restore speed-up vs psql replay (target >= 2)": s["documented_restore"] / s["module_restore_zstd"],
-        "peak dest bytes / final archive, zstd (target <= 1)":
-            figures["module_zstd_peak_dest_bytes"] / float(figures["module_zstd_archive_bytes"]),
-    }
+    figures["samples"] = samples
+    med = {}
+    for key, steps in samples.items():
+        med[key] = dict((field, statistics.median(step[field] for step in steps)) for field in steps[0])
+    figures["medians"] = med
+
+    def total(key):
+        return med[key]["client_cpu"] + med[key]["server_cpu"]
+
+    ratios = {}
+    for label in [label for label in ("module", "compare") if "%s_dump_zstd" % label in med]:
+        for compression in ("zstd", "gzip"):
+            key = "%s_dump_%s" % (label, compression)
+            ratios["%s dump %s / pg_dump | zstd (target <= 1.2)" % (label, compression)] = med[key]["wall"] / med["pg_dump_zstd"]["wall"]
+            ratios["%s dump %s / raw pg_dump (target <= 1.5)" % (label, compression)] = med[key]["wall"] / med["pg_dump_devnull"]["wall"]
+            ratios["%s dump %s CPU / pg_dump | zstd CPU" % (label, compression)] = total(key) / total("pg_dump_zstd")
+        key = "%s_restore_zstd" % label
+        ratios["%s restore (verified) / pg_restore -j 2 (target <= 1.2)" % label] = med[key]["wall"] / med["pg_restore_j2"]["wall"]
+        ratios["%s restore CPU / pg_restore -j 2 CPU" % label] = total(key) / total("pg_restore_j2")
+    if opts.documented:
+        ratios["documented dump / module dump gzip (speed-up)"] = med["documented_dump"]["wall"] / med["module_dump_gzip"]["wall"]
+        ratios["documented restore / module restore (speed-up)"] = med["documented_restore"]["wall"] / med["module_restore_zstd"]["wall"]
     figures["ratios"] = dict((k, round(v, 2)) for k, v in ratios.items())
     os.makedirs(os.path.join(REPO, "bench", "results"), exist_ok=True)
     out = os.path.join(REPO, "bench", "results", "pg_split_dump-%s.json" % time.strftime("%Y%m%d_%H%M%S", time.gmtime()))
     with open(out, "w") as handle:
         json.dump(figures, handle, indent=2)
-    for key, value in sorted(s.items()):
-        sys.stdout.write("%-28s %8.2f s\n" % (key, value))
+    sys.stdout.write("%-22s %8s %22s %9s %9s %6s  %s\n" % ("step", "median s", "rounds s", "client s", "server s", "load", "other"))
+    for key in sorted(med):
+        m = med[key]
+        rounds = " / ".join("%.2f" % step["wall"] for step in samples[key])
+        other = ", ".join("%s %s" % (k, v) for k, v in sorted(m.items()) if k not in ("wall", "client_cpu", "server_cpu", "load"))
+        sys.stdout.write("%-22s %8.2f %22s %9.2f %9.2f %6.1f  %s\n" % (key, m["wall"], rounds, m["client_cpu"], m["server_cpu"], m["load"], other))
     for key, value in figures["ratios"].items():
-        sys.stdout.write("%-60s %6.2f\n" % (key, value))
-    sys.stdout.write("peak RSS of the module process: dump gzip %s MB, dump zstd %s MB, restore %s MB (target < 200)\n"
-                     % (figures["module_gzip_peak_rss_mb"], figures["module_zstd_peak_rss_mb"], figures["module_restore_peak_rss_mb"]))
+        sys.stdout.write("%-66s %6.2f\n" % (key, value))
     sys.stdout.write("database %d MB at rows=%d; figures in %s\n" % (figures["db_bytes"] // 2 ** 20, opts.rows, out))
 
 

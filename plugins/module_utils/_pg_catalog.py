@@ -8,6 +8,7 @@ The dump records these facts and restore and verify compare a copy against them,
 import json
 
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import FORMAT_1
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import quote_ident, quote_literal
 
 
@@ -64,11 +65,14 @@ def list_relations(session, what):
     return [(json.loads(r[0]), json.loads(r[1]), int(r[2])) for r in session.query(USER_RELATIONS, what=what)]
 
 
-def count_rows(session, relations, what):
-    """{schema.table: rows}; rows are labelled by position, since a name may not fit on one psql line."""
+def count_rows(session, relations, what, own=False):
+    """{schema.table: rows}; rows are labelled by position, since a name may not fit on one psql line.
+
+    ``own``: each table's own rows (``FROM ONLY``), without those of its inheritance children, as its COPY holds them.
+    """
     if not relations:
         return {}
-    sql = "\nUNION ALL ".join("SELECT %d, count(*) FROM %s.%s" % (index, quote_ident(s), quote_ident(n))
+    sql = "\nUNION ALL ".join("SELECT %d, count(*) FROM %s%s.%s" % (index, "ONLY " if own else "", quote_ident(s), quote_ident(n))
                               for index, (s, n, _pages) in enumerate(relations))
     return dict((table_name(*relations[int(index)][:2]), int(count)) for index, count in session.query(sql + ";", what=what))
 
@@ -112,11 +116,15 @@ def compare_properties(tools, name, expected):
 
 
 def compare_contents(tools, dbname, metadata):
-    """Per-table rows and object counts of dbname vs the metadata; returns (per-table results, problems)."""
+    """Per-table rows and object counts of dbname vs the metadata; returns (per-table results, problems).
+
+    Format 1 metadata counted a table with its inheritance children (``count(*)``), later ones its own rows.
+    """
+    own = metadata.get("archive_format") != FORMAT_1
     session = tools.session(dbname)
     try:
         session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
-        actual = count_rows(session, list_relations(session, "listing restored tables"), "counting restored rows")
+        actual = count_rows(session, list_relations(session, "listing restored tables"), "counting restored rows", own)
         objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting restored objects"))
         session.query("COMMIT;")
     finally:

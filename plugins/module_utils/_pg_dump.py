@@ -3,7 +3,8 @@
 """One consistent dump of a PostgreSQL database: every stream read from one exported snapshot, written atomically.
 
 Table data is dumped by ``jobs`` parallel ``pg_dump`` workers attached to the
-snapshot; the metadata (written last) records the exact rows and objects seen in it.
+snapshot; the metadata (written last) records the exact rows and objects seen in it,
+each table's rows counted in its own COPY stream (see CopyRowCounter).
 """
 
 import collections
@@ -38,7 +39,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_catalog impo
     DATABASE_PROPERTIES,
     OBJECT_COUNTS,
     PROPERTY_KEYS,
-    count_rows,
     list_relations,
     normalize_properties,
     table_name,
@@ -49,13 +49,29 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_format impor
     KIND,
     Aborted,
     ArchiveWriter,
+    CopyRowCounter,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_globals import dump_globals
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import dump_pattern, explain, quote_literal
 from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE
+from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import widen_pipe
 
 
 LEVELS = {"gzip": 9, "zstd": 19}
+
+# Tables whose dump may end with a "\\." line after their data, or with more than a chunk of it: a sequence
+# they own has a newline in its name, or they own very many (CopyRowCounter then reads every byte for the end).
+SEARCH_FROM_START = """
+SELECT to_json(tn.nspname), to_json(t.relname)
+FROM pg_depend d
+JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+JOIN pg_namespace sn ON sn.oid = s.relnamespace
+JOIN pg_class t ON t.oid = d.refobjid
+JOIN pg_namespace tn ON tn.oid = t.relnamespace
+WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+GROUP BY tn.nspname, t.relname
+HAVING count(*) >= 500 OR bool_or(strpos(sn.nspname || s.relname, chr(10)) > 0);
+"""
 
 
 DUMP_FIELDS = "db dest environment compression jobs include_globals recipients compression_level"
@@ -67,24 +83,57 @@ class DumpOptions(collections.namedtuple("DumpOptions", DUMP_FIELDS)):
     __slots__ = ()
 
 
-def run_dump_stream(tools, writer, stream, args, extra, abort=None):
-    """One pg_dump process streamed into the archive as it runs."""
-    with tools.start("pg_dump", args, stdin=DEVNULL, stdout=PIPE) as proc:
-        writer.copy_stream(stream, proc.stdout, extra, abort)
-        rc = proc.wait()
-        if rc != 0:
-            raise BackupError(explain(proc.stderr(), "pg_dump of %s" % stream, rc, tools.container))
+class DumpProcess(object):
+    """One pg_dump started now and streamed into the archive when its turn comes.
+
+    Until then what it writes waits in its pipe (1 MiB, then it blocks), so the
+    small sections are dumped while other streams are written, without any
+    memory or disk of ours.
+    """
+
+    def __init__(self, tools, stream, args, extra, counter=None):
+        self.tools = tools
+        self.stream = stream
+        self.extra = extra
+        self.counter = counter
+        self.done = False
+        self.proc = tools.start("pg_dump", args, stdin=DEVNULL, stdout=PIPE)
+        widen_pipe(self.proc.stdout.fileno())
+
+    def copy(self, writer, abort=None):
+        """Stream the output into the archive; a table's rows are counted on the way (``counter``)."""
+        with self.proc:
+            self.done = True
+            writer.copy_stream(self.stream, self.proc.stdout, self.extra, abort, self.counter)
+            rc = self.proc.wait()
+            if rc != 0:
+                raise BackupError(explain(self.proc.stderr(), "pg_dump of %s" % self.stream, rc, self.tools.container))
+        if self.counter is not None and self.counter.rows is None:
+            raise BackupError("pg_dump of table %s ended without the end of its COPY data: its rows cannot be counted, "
+                              "check the server's log and run the dump again" % self.extra["table"])
+
+    def close(self):
+        """Kill and reap a pg_dump whose turn never came (an error stopped the dump)."""
+        if not self.done:
+            self.done = True
+            self.proc.close()
 
 
 def snapshot_facts(session, db):
-    """Everything the metadata records about the data, read inside the exported snapshot."""
+    """What the metadata records about the catalog, read inside the exported snapshot (rows are counted in the dump itself)."""
     session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;", what="starting the snapshot transaction")
     snapshot = session.query("SELECT pg_export_snapshot();", what="exporting the snapshot")[0][0]
     relations = list_relations(session, "listing tables")
-    counts = count_rows(session, relations, "counting rows")
+    from_start = set((json.loads(schema), json.loads(name)) for schema, name in session.query(SEARCH_FROM_START, what="listing sequences"))
+    relations = [(schema, name, pages, (schema, name) not in from_start) for schema, name, pages in relations]
     objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting objects"))
     props = json.loads(session.query(DATABASE_PROPERTIES % quote_literal(db), what="reading database properties")[0][0])
-    return snapshot, relations, counts, objects, props
+    return snapshot, relations, objects, props
+
+
+def table_rows(manifest):
+    """{schema.table: rows} from the manifest: the lines of each table's COPY data, read from the snapshot like everything else."""
+    return dict(sorted((entry["table"], entry["rows"]) for entry in manifest["streams"].values() if entry.get("kind") == "table-data"))
 
 
 def check_dest(dest, may_not_exist=False):
@@ -142,7 +191,7 @@ def dump(tools, options):
         path = new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
         session = tools.session(db)
         try:
-            snapshot, relations, counts, objects, props = snapshot_facts(session, db)
+            snapshot, relations, objects, props = snapshot_facts(session, db)
             with AtomicFile(path) as target:
                 sink = CompressedSink(target.handle, compression, recipients, compression_level)
                 try:
@@ -152,6 +201,7 @@ def dump(tools, options):
                     sink.abort()
                     raise
                 target.commit()
+            counts = table_rows(manifest)
         except OSError as exc:
             raise BackupError("writing %s failed: %s -- free space on the destination or choose another dest" % (path, exc.strerror or exc))
         finally:
@@ -201,41 +251,67 @@ def dump(tools, options):
 
 def _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, mtime):
     writer = ArchiveWriter(sink, mtime)
+    if sink.tee_fd() is not None:
+        widen_pipe(sink.tee_fd())
     base = ["--snapshot=" + snapshot, "--no-password", "-d", db]
-    run_dump_stream(tools, writer, "schema.sql", base + ["--schema-only"], {"kind": "schema"})
-    run_dump_stream(tools, writer, "pre-data.dump", base + ["-Fc", "--section=pre-data"], {"kind": "pre-data"})
-    if include_globals:
-        dump_globals(tools, writer)
-    tasks = queue.Queue()
+    # Not a "*.*" pattern: that would also drop the values of sequences no table owns.
+    excluded = ["--exclude-table-data=" + dump_pattern(schema, name) for schema, name, _pages, _end_search in relations]
     # Biggest tables first so the last worker does not start a giant alone.
-    for index, (schema, name, _pages) in enumerate(sorted(relations, key=lambda r: -r[2])):
-        tasks.put(("data/%04d.sql" % index, schema, name))
+    tables = [("data/%04d.sql" % index, base + ["--data-only", "-t", dump_pattern(schema, name)],
+               {"kind": "table-data", "table": table_name(schema, name)}, end_search)
+              for index, (schema, name, _pages, end_search) in enumerate(sorted(relations, key=lambda r: -r[2]))]
+    workers = max(1, min(jobs, len(relations)))
+    started = []
+    try:
+        # Every pg_dump needed first starts at once (see DumpProcess): the sections are small, the first tables wait their turn.
+        for stream, args, kind in (("schema.sql", ["--schema-only"], "schema"), ("pre-data.dump", ["-Fc", "--section=pre-data"], "pre-data"),
+                                   ("misc-data.dump", ["-Fc", "--data-only"] + excluded, "misc-data"),
+                                   ("post-data.dump", ["-Fc", "--section=post-data"], "post-data")):
+            started.append(DumpProcess(tools, stream, base + args, {"kind": kind}))
+        for stream, args, extra, end_search in tables[:workers]:
+            started.append(DumpProcess(tools, stream, args, extra, CopyRowCounter(end_search)))
+        schema, pre_data, misc_data, post_data = started[:4]
+        schema.copy(writer)
+        pre_data.copy(writer)
+        if include_globals:
+            dump_globals(tools, writer)
+        _write_tables(tools, writer, tables, started[4:], workers)
+        misc_data.copy(writer)
+        post_data.copy(writer)
+    except BaseException:
+        for process in started:
+            process.close()
+        raise
+    return writer.finish()
+
+
+def _write_tables(tools, writer, tables, first, workers):
+    """Every table's data by ``workers`` threads; ``first`` are the pg_dumps of the first tables, already running."""
+    tasks = queue.Queue()
+    for table in tables:
+        tasks.put(table)
+    running = dict((process.stream, process) for process in first)
     abort = threading.Event()
     failures = []
 
     def worker():
         while not abort.is_set():
             try:
-                stream, schema, name = tasks.get_nowait()
+                stream, args, extra, end_search = tasks.get_nowait()
             except queue.Empty:
                 return
             try:
-                run_dump_stream(tools, writer, stream, base + ["--data-only", "-t", dump_pattern(schema, name)],
-                                {"kind": "table-data", "table": table_name(schema, name)}, abort)
+                process = running.pop(stream, None) or DumpProcess(tools, stream, args, extra, CopyRowCounter(end_search))
+                process.copy(writer, abort)
             except BaseException as exc:  # the first failure stops everyone; the main thread re-raises
                 failures.append(exc)
                 abort.set()
                 return
 
-    threads = [threading.Thread(target=worker) for _worker in range(max(1, min(jobs, len(relations))))]
+    threads = [threading.Thread(target=worker) for _worker in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if failures:
         raise ([f for f in failures if not isinstance(f, Aborted)] or failures)[0]
-    # Not a "*.*" pattern: that would also drop the values of sequences no table owns.
-    excluded = ["--exclude-table-data=" + dump_pattern(schema, name) for schema, name, _pages in relations]
-    run_dump_stream(tools, writer, "misc-data.dump", base + ["-Fc", "--data-only"] + excluded, {"kind": "misc-data"})
-    run_dump_stream(tools, writer, "post-data.dump", base + ["-Fc", "--section=post-data"], {"kind": "post-data"})
-    return writer.finish()

@@ -14,16 +14,23 @@ An outer tar, streamed through the compressor, never staged:
 * ``post-data.dump``  custom-format post-data section (indexes, constraints,
   triggers), restored with ``pg_restore -j``;
 * ``globals.sql``     optional ``pg_dumpall --globals-only``;
-* ``manifest.json``   last: every stream's chunks with their sha256.
+* ``manifest.json``   last: every stream's chunks (member, size) and its sha256;
+  a table's stream also its rows.
 
 A tar header needs its member's size, so each stream is cut into members of at
 most ``CHUNK`` bytes (``<stream>.partNNNNN``, the final one ending ``.last``).
+
+Format 2 hashes each stream once (format 1 also hashed every chunk: the same
+bytes twice, the stream's sha256 already covers them) and records a table's
+rows as the lines of its COPY data, which are exactly its own rows (not those of
+inheritance children); format 1 archives are still read.
 """
 
 import collections
 import hashlib
 import json
 import os
+import re
 import tarfile
 import threading
 
@@ -33,7 +40,9 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import
 
 
 KIND = "database"
-ARCHIVE_FORMAT = "minimarket-pg-split-dump/1"
+FORMAT_1 = "minimarket-pg-split-dump/1"
+ARCHIVE_FORMAT = "minimarket-pg-split-dump/2"
+READABLE_FORMATS = (FORMAT_1, ARCHIVE_FORMAT)
 COLLECTION_VERSION = "0.1.0"
 CHUNK = 4 * 1024 * 1024
 MANIFEST = "manifest.json"
@@ -73,6 +82,102 @@ def read_full(stream, size):
     return b"".join(parts)
 
 
+# A COPY statement's identifiers are quoted by pg_dump and may hold any character, newline and ";" included.
+COPY_STATEMENT = re.compile(rb'COPY (?:[^";]|"[^"]*")*;\n')
+COPY_FROM_STDIN = b" FROM stdin;\n"
+COPY_END = b"\n\\.\n"
+# More than what follows a table's data when it owns fewer than 500 sequences (at most about 900 bytes each).
+END_WINDOW = 1024 * 1024
+
+
+class CopyRowCounter(object):
+    """A table's rows from its data-only dump: the lines between its ``COPY ... FROM stdin;`` and the ``\\.`` ending the data.
+
+    COPY's text format escapes newline, carriage return and backslash inside
+    values (``\\n``, ``\\r``, ``\\\\``), so each row is exactly one line and no
+    row is the line ``\\.``: the first ``\\.`` line after the statement ends the
+    data.  Counting lines replaces a ``count(*)`` that read every table a
+    second time.  What follows the data (the values of the table's sequences,
+    comments) cannot hold such a line unless a sequence's name holds a newline,
+    and is shorter than END_WINDOW unless the table owns very many sequences:
+    with ``end_search`` (neither is the case) only the stream's last END_WINDOW
+    bytes are searched, from the end, instead of every byte.  ``rows`` stays
+    None until the end of the data has been seen.
+    """
+
+    def __init__(self, end_search=True):
+        self.end_search = end_search
+        self.head = b""
+        self.started = False
+        self.newlines = 0
+        self.seen = 0  # end_search: bytes of data before the last chunk, of which ``keep`` holds the last END_WINDOW
+        self.keep = b""
+        self.tail = b"\n"  # otherwise: the last bytes seen, a virtual line end before the first row
+        self.rows = None
+
+    def feed(self, data, last):
+        if self.rows is not None:
+            return
+        start = 0
+        if not self.started:
+            self.head += data
+            start = self._data_start()
+            if start is None:
+                return
+            data, self.head, self.started = self.head, b"", True
+        if self.end_search:
+            self._feed_end(data, start, last)
+        else:
+            self._feed_forward(data, start)
+
+    def _feed_end(self, data, start, last):
+        self.newlines += data.count(b"\n", start)
+        if not last:
+            self.seen += len(data) - start
+            self.keep = data[-END_WINDOW:] if len(data) - start >= END_WINDOW else (self.keep + data[start:])[-END_WINDOW:]
+            return
+        at = data.rfind(COPY_END, start)
+        if at >= 0:
+            self.rows = self.newlines - data.count(b"\n", at + 1)
+            return
+        text = self.keep + data[start:]
+        if self.seen <= len(self.keep):
+            text = b"\n" + text  # the data begins in ``text``: a virtual line end before the first row
+        at = text.rfind(COPY_END)
+        if at >= 0:
+            self.rows = self.newlines - text.count(b"\n", at + 1)
+
+    def _feed_forward(self, data, start):
+        edge = self.tail + data[start:start + 3]
+        at = edge.find(COPY_END)
+        if at < 0:
+            found = data.find(COPY_END, start)
+            if found >= 0:
+                at = found - start + len(self.tail)
+        if at >= 0:
+            # COPY_END's first newline ends the last row; one in the tail was counted already.
+            self.newlines += data.count(b"\n", start, max(start, start + at + 1 - len(self.tail)))
+            self.rows = self.newlines
+            return
+        self.newlines += data.count(b"\n", start)
+        self.tail = (self.tail + data[max(start, len(data) - 3):])[-3:]
+
+    def _data_start(self):
+        """Offset of the first row in ``head``, or None while the COPY statement is not complete."""
+        begin = 0 if self.head.startswith(b"COPY ") else self.head.find(b"\nCOPY ") + 1
+        match = None
+        if begin or self.head.startswith(b"COPY "):
+            match = COPY_STATEMENT.match(self.head, begin)
+        if match is None:
+            if len(self.head) > 2 * CHUNK:
+                raise BackupError("pg_dump wrote %d bytes without a COPY statement: the table's rows cannot be counted" % len(self.head))
+            return None
+        if not match.group(0).endswith(COPY_FROM_STDIN):
+            raise BackupError("pg_dump wrote an unexpected COPY statement (%r): the table's rows cannot be counted"
+                              % match.group(0)[:200].decode("utf-8", "replace"))
+        return match.end()
+
+
 class Aborted(BackupError):
     """A worker stopped because another one failed; the other's error is the one to report."""
 
@@ -108,14 +213,14 @@ class ArchiveWriter(object):
 
     def add_chunk(self, stream, seq, data, last):
         member = chunk_member(stream, seq, last)
-        digest = hashlib.sha256(data).hexdigest()
         with self.lock:
             self._add(member, data)
             entry = self.streams[stream]
-            entry["chunks"].append({"member": member, "size": len(data), "sha256": digest})
+            entry["chunks"].append({"member": member, "size": len(data)})
             entry["size"] += len(data)
 
-    def copy_stream(self, stream, source, extra, abort=None):
+    def copy_stream(self, stream, source, extra, abort=None, counter=None):
+        """Stream ``source`` into chunk members, hashing it once; ``counter`` (a CopyRowCounter) also sees every chunk."""
         self.register(stream, extra)
         total = hashlib.sha256()
         seq = 0
@@ -125,6 +230,8 @@ class ArchiveWriter(object):
                 raise Aborted("stopped because another worker failed")
             following = read_full(source, CHUNK) if len(data) == CHUNK else b""
             total.update(data)
+            if counter is not None:
+                counter.feed(data, not following)
             self.add_chunk(stream, seq, data, last=not following)
             if not following:
                 break
@@ -132,6 +239,8 @@ class ArchiveWriter(object):
             seq += 1
         with self.lock:
             self.streams[stream]["sha256"] = total.hexdigest()
+            if counter is not None:
+                self.streams[stream]["rows"] = counter.rows
 
     def finish(self):
         manifest = {"format": ARCHIVE_FORMAT, "order": self.order, "streams": self.streams}
@@ -172,6 +281,6 @@ def load_backup(source):
         raise BackupError("src=latest needs dest (the backup directory) to look in")
     backup = resolve_source(src, dest or os.path.dirname(src), KIND, environment, identity_file)
     meta = backup.metadata
-    if meta.get("archive_format") != ARCHIVE_FORMAT or meta.get("kind") != KIND:
+    if meta.get("archive_format") not in READABLE_FORMATS or meta.get("kind") != KIND:
         raise BackupError("%s was not written by pg_split_dump (archive_format %r): restore it by hand" % (backup.name, meta.get("archive_format")))
     return backup

@@ -3,7 +3,8 @@
 """Replaying an archive into an empty database: each stream piped into its own ``psql``/``pg_restore``.
 
 Restore reads the archive once, in order; table data loads in parallel before any
-index, constraint or trigger exists, and every chunk is checked against the manifest.
+index, constraint or trigger exists, and every stream is checked against the manifest:
+its chunks (names and sizes) and its sha256 (format 1 also recorded a sha256 per chunk).
 """
 
 import contextlib
@@ -16,7 +17,7 @@ import threading
 
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import TAR_PARSE_ERRORS, archive_stream, damaged_archive
-from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import ARCHIVE_FORMAT, MANIFEST, parse_member
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import ARCHIVE_FORMAT, FORMAT_1, MANIFEST, parse_member
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import explain
 from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, Process
 
@@ -27,8 +28,9 @@ QUEUE_DEPTH = 2
 class StreamLoader(object):
     """One restore process fed from a bounded queue, so several tables load at once."""
 
-    def __init__(self, proc, stream, container):
+    def __init__(self, proc, stream, container, chunk_digests=False):
         self.proc = proc
+        self.chunk_digests = chunk_digests
         self.container = container
         self.stream = stream
         self.queue = queue.Queue(maxsize=QUEUE_DEPTH)
@@ -59,7 +61,10 @@ class StreamLoader(object):
             raise BackupError("archive member %s is out of order (expected part %d): the archive is damaged, use another backup" % (member, self.next_seq))
         self.next_seq += 1
         self.digest.update(data)
-        self.chunks.append({"member": member, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        chunk = {"member": member, "size": len(data)}
+        if self.chunk_digests:
+            chunk["sha256"] = hashlib.sha256(data).hexdigest()
+        self.chunks.append(chunk)
         self.queue.put(data)
 
     def end(self):
@@ -85,7 +90,7 @@ class StreamLoader(object):
         self.proc.close()
 
 
-def _loader_for(tools, stream, dbname, jobs):
+def _loader_for(tools, stream, dbname, jobs, archive_format):
     if stream.startswith("data/"):
         proc = tools.start("psql", ["-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "--no-password", "-d", dbname],
                            stdin=PIPE, stdout=DEVNULL)
@@ -102,21 +107,24 @@ def _loader_for(tools, stream, dbname, jobs):
                            stdin=PIPE, stdout=DEVNULL)
     else:
         raise BackupError("archive holds an unknown stream %r: it is not a pg_split_dump backup" % stream)
-    return StreamLoader(proc, stream, tools.container)
+    return StreamLoader(proc, stream, tools.container, chunk_digests=archive_format == FORMAT_1)
 
 
-def restore_archive(tools, backup_path, dbname, jobs, identity_file=None):
-    """Stream the archive (decrypted and decompressed on the way) into an existing empty database, then check the manifest."""
+def restore_archive(tools, backup_path, dbname, jobs, identity_file=None, archive_format=ARCHIVE_FORMAT):
+    """Stream the archive (decrypted and decompressed on the way) into an existing empty database, then check the manifest.
+
+    ``archive_format`` is the one its metadata names: the manifest, read last, must say the same.
+    """
     name = os.path.basename(backup_path)
     active = {}
     finished = {}
     try:
         with archive_stream(backup_path, identity_file) as reader:
             try:
-                manifest = _read_members(tools, reader, dbname, jobs, active, finished, name)
+                manifest = _read_members(tools, reader, (dbname, jobs, archive_format), active, finished, name)
             except TAR_PARSE_ERRORS as exc:
                 raise damaged_archive(name, exc)
-        _check_manifest(manifest, finished, name)
+        _check_manifest(manifest, finished, name, archive_format)
         return manifest
     except BaseException:
         for loader in active.values():
@@ -124,17 +132,44 @@ def restore_archive(tools, backup_path, dbname, jobs, identity_file=None):
         raise
 
 
-def _read_members(tools, reader, dbname, jobs, active, finished, name):
+def member_data(tar, member):
+    """A member's bytes read past tarfile's stream (``r|``), which copies every byte several times in 8-10 KiB steps.
+
+    The member's region (its data and padding, up to ``tar.offset`` where the
+    next header starts) is taken from the stream's buffer and then straight
+    from the pipe, one copy, and the stream's position moved past it, so
+    tarfile goes on parsing from the same offset.
+    """
+    stream = tar.fileobj
+    if not isinstance(getattr(stream, "buf", None), bytes) or getattr(stream, "comptype", None) != "tar":
+        return tar.extractfile(member).read()
+    need = tar.offset - stream.pos
+    region = bytearray(need)
+    head = stream.buf[:need]
+    region[:len(head)] = head
+    stream.buf = stream.buf[len(head):]
+    view = memoryview(region)
+    done = len(head)
+    while done < need:
+        got = stream.fileobj.readinto(view[done:])
+        if not got:
+            raise tarfile.ReadError("unexpected end of data in member %s" % member.name)
+        done += got
+    stream.pos += need
+    return view[:member.size]
+
+
+def _read_members(tools, reader, target, active, finished, name):
     """Dispatch each chunk to its stream's loader; table data streams run concurrently, the rest in order."""
     in_data = False
     tar = tarfile.open(fileobj=reader, mode="r|")
     for member in tar:
         if not member.isfile():
             raise BackupError("archive member %s is not a regular file: %s is not a pg_split_dump backup" % (member.name, name))
-        data = tar.extractfile(member).read()
+        data = member_data(tar, member)
         if member.name == MANIFEST:
             _finish_data(active, finished)
-            return json.loads(data.decode("utf-8"))
+            return json.loads(bytes(data).decode("utf-8"))
         parsed = parse_member(member.name)
         if parsed is None:
             raise BackupError("archive member %s is not ours: %s is not a pg_split_dump backup" % (member.name, name))
@@ -149,7 +184,7 @@ def _read_members(tools, reader, dbname, jobs, active, finished, name):
                 raise BackupError("archive stream %s appears twice: the archive is damaged, use another backup" % stream)
             if not finished and not active and stream != "schema.sql":
                 raise BackupError("archive does not start with schema.sql: %s is not a pg_split_dump backup" % name)
-            loader = active[stream] = _loader_for(tools, stream, dbname, jobs)
+            loader = active[stream] = _loader_for(tools, stream, *target)
         loader.put(seq, data, member.name)
         if last:
             loader.end()
@@ -168,10 +203,10 @@ def _finish_data(active, finished):
         loader.wait()
 
 
-def _check_manifest(manifest, finished, name):
-    if manifest.get("format") != ARCHIVE_FORMAT:
+def _check_manifest(manifest, finished, name, archive_format):
+    if manifest.get("format") != archive_format:
         raise BackupError("%s has manifest format %r, not %s: restore it with the collection version that wrote it"
-                          % (name, manifest.get("format"), ARCHIVE_FORMAT))
+                          % (name, manifest.get("format"), archive_format))
     if sorted(finished) != sorted(manifest.get("streams", {})):
         raise BackupError("archive streams of %s do not match its manifest: the archive is damaged, use another backup" % name)
     for stream, entry in manifest["streams"].items():

@@ -105,7 +105,7 @@ def restore(tools, options, check_mode=False, journal=None):
         if live_exists:
             drop_database(tools, db)
         create_database(tools, db, props, None)
-        restore_archive(tools, backup.path, db, jobs, identity_file)
+        restore_archive(tools, backup.path, db, jobs, identity_file, backup.metadata["archive_format"])
         tools.psql(db, "ANALYZE;", what="analyzing %s" % db)
         apply_properties(tools, db, props)
         result["tables"], problems = compare_contents(tools, db, backup.metadata)
@@ -119,7 +119,7 @@ def restore(tools, options, check_mode=False, journal=None):
     journal.record("temporary_database", database=temp, server=server)
     create_database(tools, temp, props, db)
     try:
-        restore_archive(tools, backup.path, temp, jobs, identity_file)
+        restore_archive(tools, backup.path, temp, jobs, identity_file, backup.metadata["archive_format"])
         tools.psql(temp, "ANALYZE;", what="analyzing %s" % temp)
         result["tables"], problems = compare_contents(tools, temp, backup.metadata)
         if not problems:

@@ -76,7 +76,7 @@ def verify(tools, options, journal=None):
     journal.record("temporary_database", database=scratch, server=server_identity(tools))
     create_database(tools, scratch, props, db)
     try:
-        restore_archive(tools, backup.path, scratch, jobs, identity_file)
+        restore_archive(tools, backup.path, scratch, jobs, identity_file, backup.metadata["archive_format"])
         tables, problems = compare_contents(tools, scratch, backup.metadata)
         apply_properties(tools, scratch, props)
         result["database_properties"], more = compare_properties(tools, scratch, props)

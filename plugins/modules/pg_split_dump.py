@@ -11,8 +11,10 @@ version_added: 0.1.0
 description:
   - O(state=dump) writes C(<backup_dir>/database_<environment>_<YYYYMMDD_HHMMSS>.tar.gz) (C(.tar.zst), C(.tar)) and
     C(<same stem>_metadata.json). Schema, data and the per-table row counts in the metadata all come from one exported
-    snapshot. The archive holds C(schema.sql) (readable), the pre-data and post-data sections in custom format, one
-    data stream per table, the remaining data (sequence values, large objects) and a manifest with every member's sha256.
+    snapshot; a table's rows are the lines of its C(COPY) data in the archive (its own rows, without those of
+    inheritance children). The archive holds C(schema.sql) (readable), the pre-data and post-data sections in custom
+    format, one data stream per table, the remaining data (sequence values, large objects) and a manifest with every
+    stream's chunks and sha256.
   - The archive is streamed through the compressor into a C(.partial) file, fsynced and renamed; the metadata is written
     last. A failure leaves no file that looks complete. One dump per O(backup_dir) and O(environment) at a time.
   - O(state=restore) checks the archive (ours, sha256 equals the metadata) and the server before touching anything.
@@ -309,7 +311,7 @@ duration:
   sample: 12.5
 tables:
   description:
-    - For O(state=dump), each table's exact row count in the snapshot.
+    - For O(state=dump), each table's exact row count in the snapshot (its own rows, counted in its C(COPY) data).
     - For O(state=restore) and O(state=verify), per table the expected and restored row counts and whether they match.
   returned: success and not check mode
   type: dict

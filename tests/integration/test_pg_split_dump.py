@@ -99,6 +99,60 @@ def test_torture_round_trip_into_new_database(pg_server, torture_db, backup_dir,
     assert pg_server.execute("SELECT count(*) FROM resumen_mat", target) == [(100,)]
 
 
+ESCAPES_SQL = r"""
+CREATE TABLE public.textos (id serial PRIMARY KEY, v text, b bytea);
+INSERT INTO public.textos (v, b) VALUES (E'dos\nlíneas', NULL), (E'\\.', E'\\x5c2e0a'), (E'\r\n\\.\n', NULL),
+  (NULL, NULL), ('', '\x'), (E'\\', E'\\x0a0d'), (E'fin\\', NULL), (E'\t\\N', NULL);
+INSERT INTO public.textos (v) SELECT E'fila\n' || g || E'\r\\' FROM generate_series(1, 5000) g;
+CREATE TABLE public."t;""
+\.
+x" ("a
+\.
+" serial, "b;" text);
+INSERT INTO public."t;""
+\.
+x" ("b;") VALUES (E'\n\\.\n'), (NULL), ('\.');
+CREATE TABLE public.padre (id int, nota text);
+CREATE TABLE public.hija (extra int) INHERITS (public.padre);
+INSERT INTO public.padre VALUES (1, E'a\nb');
+INSERT INTO public.hija VALUES (2, NULL, 3), (3, E'\\', 4);
+CREATE TABLE public.vacia (id int);
+"""
+
+
+def test_rows_are_counted_in_the_copy_data_exactly(pg_server, backup_dir, dropped_databases):
+    """Values with newlines, CRs, backslashes, "\\." and NULLs, a sequence whose name holds the end marker, inheritance:
+    the metadata's rows are each table's own rows in the snapshot, and the restore checks them."""
+    db = unique("mm_escapes")
+    pg_server.create_database(db)
+    dropped_databases.append(db)
+    pg_server.execute(ESCAPES_SQL, db)
+    result = dump(pg_server, db, backup_dir, compression="none", jobs=2)
+    with open(result["metadata"], encoding="utf-8") as handle:
+        meta = json.load(handle)
+    own = dict(("public." + name, pg_server.execute('SELECT count(*) FROM ONLY public.%s' % quoted, db)[0][0])
+               for name, quoted in (("textos", "textos"), ('t;"\n\\.\nx', '"t;""\n\\.\nx"'), ("padre", "padre"),
+                                    ("hija", "hija"), ("vacia", "vacia")))
+    assert own == {"public.textos": 5008, 'public.t;"\n\\.\nx': 3, "public.padre": 1, "public.hija": 2, "public.vacia": 0}
+    assert meta["tables"] == own and result["tables"] == own and meta["archive_format"] == "minimarket-pg-split-dump/2"
+    rows = dict((entry["table"], entry["rows"]) for entry in json.loads(_member(result["archive"], "manifest.json"))["streams"].values()
+                if entry["kind"] == "table-data")
+    assert rows == own
+    target = unique("mm_escapes_copy")
+    dropped_databases.append(target)
+    restored = run_module(conn_args(pg_server, state="restore", db=target, restore_as=target, src=result["archive"],
+                                    environment="testing"))
+    assert restored["_rc"] == 0, restored
+    assert restored["tables"] == dict((name, {"expected": rows, "restored": rows, "ok": True}) for name, rows in own.items())
+    assert pg_server.execute("SELECT v, b FROM public.textos ORDER BY id LIMIT 8", target) == pg_server.execute(
+        "SELECT v, b FROM public.textos ORDER BY id LIMIT 8", db)
+
+
+def _member(archive, name):
+    with tarfile.open(archive) as tar:
+        return tar.extractfile(name).read()
+
+
 def test_uncompressed_drop_strategy_and_readable_schema(pg_server, torture_db, backup_dir):
     before = pgcompare.snapshot(pg_server.dsn(torture_db))
     result = dump(pg_server, torture_db, backup_dir, compression="none", jobs=1)

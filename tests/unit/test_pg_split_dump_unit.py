@@ -68,6 +68,116 @@ def test_archive_writer_chunks_streams_and_manifest(monkeypatch):
     assert stored["streams"]["data/0000.sql"]["table"] == "public.t"
 
 
+# What pg_dump --data-only -t writes: settings, a COPY statement whose quoted names hold newlines, ";" and "\.",
+# rows with escaped newlines, CRs, backslashes and NULLs (a value "\." is the line "\\."), the end marker,
+# then the table's sequence values.
+COPY_DUMP = (b'--\n-- PostgreSQL database dump\n--\n\\restrict abc\nSET client_encoding = \'UTF8\';\n\n'
+             b'--\n-- Data for Name: t; Type: TABLE DATA; Schema: public; Owner: postgres\n--\n\n'
+             b'COPY public."t;""\n\\.\nx" ("a\n\\.\n", "b;", c) FROM stdin;\n'
+             b'1\tline1\\nline2\t\\N\n'
+             b'2\t\\\\.\t\\\\x5c2e0a\n'
+             b'3\t\\r\\n\\\\.\\n\t\\N\n'
+             b'4\t\\N\t\\N\n'
+             b'5\t\t\\\\x\n'
+             b'\n'
+             b'\\.\n\n\n--\n-- Name: t_a_seq; Type: SEQUENCE SET; Schema: public; Owner: postgres\n--\n\n'
+             b"SELECT pg_catalog.setval('public.t_a_seq', 5, true);\n\n\n--\n-- PostgreSQL database dump complete\n--\n\n"
+             b'\\unrestrict abc\n')
+COPY_TAIL = len(COPY_DUMP) - COPY_DUMP.index(b"\n\\.\n")
+
+
+def count_copy_rows(data, size, end_search):
+    counter = pg_format.CopyRowCounter(end_search)
+    chunks = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+    for index, chunk in enumerate(chunks):
+        counter.feed(chunk, index == len(chunks) - 1)
+    return counter.rows
+
+
+@pytest.mark.parametrize("end_search", [True, False])
+def test_copy_rows_are_the_lines_of_the_copy_data(end_search, monkeypatch):
+    """Six rows (one of them empty) whatever the cut, escapes included; from the end, a window just longer than what follows the data is enough."""
+    assert set(count_copy_rows(COPY_DUMP, size, end_search) for size in range(1, len(COPY_DUMP) + 1)) == {6}
+    monkeypatch.setattr(pg_format, "END_WINDOW", COPY_TAIL)
+    assert set(count_copy_rows(COPY_DUMP, size, end_search) for size in range(1, len(COPY_DUMP) + 1)) == {6}
+
+
+@pytest.mark.parametrize("end_search", [True, False])
+def test_copy_rows_of_an_empty_table_and_of_a_table_with_one_empty_row(end_search):
+    empty = b'SET x = 1;\nCOPY public.t (a) FROM stdin;\n\\.\n\n'
+    assert count_copy_rows(empty, len(empty), end_search) == 0
+    assert count_copy_rows(empty, 8, end_search) == 0
+    one = b'COPY public.t  FROM stdin;\n\n\\.\n'
+    assert count_copy_rows(one, 100, end_search) == 1
+
+
+def test_copy_rows_from_the_start_when_a_sequence_name_holds_the_end_marker():
+    """A sequence named with a newline can put a "\\." line after the data: only the forward search is right then."""
+    data = COPY_DUMP.replace(b"'public.t_a_seq'", b"'public.\"t_\n\\.\n_seq\"'")
+    assert count_copy_rows(data, len(data), end_search=False) == 6
+    assert count_copy_rows(data, len(data), end_search=True) != 6
+
+
+def test_copy_rows_unknown_without_the_end_of_the_data_or_a_copy_statement(monkeypatch):
+    cut = COPY_DUMP[:COPY_DUMP.index(b"\n\\.\n") + 1]
+    assert count_copy_rows(cut, 7, end_search=False) is None and count_copy_rows(cut, 7, end_search=True) is None
+    assert count_copy_rows(b"SET x = 1;\n", 4, end_search=False) is None
+    with pytest.raises(BackupError, match="unexpected COPY statement"):
+        count_copy_rows(b'COPY public.t (a) TO stdout;\n', 100, True)
+    monkeypatch.setattr(pg_format, "CHUNK", 10)
+    with pytest.raises(BackupError, match="without a COPY statement"):
+        count_copy_rows(b"SET x = 1;\n" * 5, 10, True)
+
+
+def test_archive_writer_records_the_rows_of_a_table_stream(monkeypatch):
+    monkeypatch.setattr(pg_format, "CHUNK", 200)
+    writer = pg_format.ArchiveWriter(io.BytesIO(), 1700000000)
+    writer.copy_stream("data/0000.sql", io.BytesIO(COPY_DUMP), {"kind": "table-data", "table": "public.t"},
+                       counter=pg_format.CopyRowCounter())
+    entry = writer.finish()["streams"]["data/0000.sql"]
+    assert entry["rows"] == 6 and pg_dump.table_rows({"streams": {"data/0000.sql": entry}}) == {"public.t": 6}
+    assert entry["sha256"] == hashlib.sha256(COPY_DUMP).hexdigest()
+    assert all(set(chunk) == {"member", "size"} for chunk in entry["chunks"]) and len(entry["chunks"]) > 1
+
+
+def format_1_archive(path, data=b"-- schema\n"):
+    """An archive as the first format wrote it: a sha256 per chunk."""
+    manifest = {"format": pg_format.FORMAT_1, "order": ["schema.sql"], "streams": {"schema.sql": {
+        "kind": "schema", "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "chunks": [{"member": "schema.sql.part00000.last", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}]}}}
+    return _tar(path, [("schema.sql.part00000.last", data), ("manifest.json", json.dumps(manifest).encode())])
+
+
+def test_format_1_archives_are_still_read_and_checked(tmp_path):
+    path = format_1_archive(tmp_path / "database_x_20250101_000000.tar")
+    manifest = pg_load.restore_archive(PgTools(PARAMS), path, "unused", 1, archive_format=pg_format.FORMAT_1)
+    assert manifest["format"] == pg_format.FORMAT_1
+    with pytest.raises(BackupError, match="manifest format 'minimarket-pg-split-dump/1', not minimarket-pg-split-dump/2"):
+        pg_load.restore_archive(PgTools(PARAMS), path, "unused", 1)
+    damaged = format_1_archive(tmp_path / "database_y_20250101_000000.tar")
+    with tarfile.open(damaged) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+    manifest["streams"]["schema.sql"]["chunks"][0]["sha256"] = "0" * 64
+    _tar(damaged, [("schema.sql.part00000.last", b"-- schema\n"), ("manifest.json", json.dumps(manifest).encode())])
+    with pytest.raises(BackupError, match="does not match its manifest checksum"):
+        pg_load.restore_archive(PgTools(PARAMS), damaged, "unused", 1, archive_format=pg_format.FORMAT_1)
+
+
+def test_row_counts_of_format_1_include_inheritance_children():
+    """Format 1 recorded count(*) (children included); later formats each table's own rows, as its COPY holds them."""
+    queries = []
+
+    class Session(object):
+        def query(self, sql, what=None):
+            queries.append(sql)
+            return [["0", "3"]]
+
+    relations = [("public", "padre", 0)]
+    assert pg_catalog.count_rows(Session(), relations, "counting") == {"public.padre": 3}
+    pg_catalog.count_rows(Session(), relations, "counting", own=True)
+    assert queries == ['SELECT 0, count(*) FROM "public"."padre";', 'SELECT 0, count(*) FROM ONLY "public"."padre";']
+
+
 def test_native_argv_and_env_keep_password_out_of_argv(tmp_path):
     for tool in ("psql", "pg_dump"):
         path = tmp_path / tool
