@@ -102,7 +102,7 @@ class AtomicFile(object):
             self.handle.close()
         except OSError as exc:
             fix = "free space on the destination" if exc.errno == errno.ENOSPC else "check the destination"
-            raise BackupError("writing %s failed: %s -- %s or choose another dest" % (self.partial, exc.strerror or exc, fix))
+            raise BackupError("writing %s failed: %s -- %s or choose another backup_dir" % (self.partial, exc.strerror or exc, fix))
         os.rename(self.partial, self.path)
         fsync_directory(os.path.dirname(os.path.abspath(self.path)))
 

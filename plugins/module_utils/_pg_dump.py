@@ -147,13 +147,13 @@ def check_dest(dest, may_not_exist=False):
         while not os.path.lexists(parent):
             parent = os.path.dirname(parent)
         if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):
-            raise BackupError("dest %s does not exist and %s is not a writable directory: fix dest or the permissions of %s"
+            raise BackupError("backup_dir %s does not exist and %s is not a writable directory: fix backup_dir or the permissions of %s"
                               % (dest, parent, parent))
         return False
     if not os.path.isdir(dest):
-        raise BackupError("dest %s is not a directory: create it (mode 0700) or fix dest" % dest)
+        raise BackupError("backup_dir %s is not a directory: create it (mode 0700) or fix backup_dir" % dest)
     if not os.access(dest, os.W_OK | os.X_OK):
-        raise BackupError("dest %s is not writable by this user: fix its permissions or choose another dest" % dest)
+        raise BackupError("backup_dir %s is not writable by this user: fix its permissions or choose another backup_dir" % dest)
     return True
 
 
@@ -203,7 +203,7 @@ def dump(tools, options):
                 target.commit()
             counts = table_rows(manifest)
         except OSError as exc:
-            raise BackupError("writing %s failed: %s -- free space on the destination or choose another dest" % (path, exc.strerror or exc))
+            raise BackupError("writing %s failed: %s -- free space on the destination or choose another backup_dir" % (path, exc.strerror or exc))
         finally:
             session.close()
         metadata = {

@@ -213,8 +213,8 @@ class CompressedSink(object):
         """One line with the file and the fix: a full disk is not a damaged archive."""
         reason = getattr(exc, "strerror", None) or str(exc)
         if getattr(exc, "errno", None) == errno.ENOSPC:
-            return "writing %s failed: %s -- free space on the destination or choose another dest" % (self.where, reason)
-        return "writing %s failed: %s -- check the destination (space, permissions, disk) or choose another dest" % (self.where, reason)
+            return "writing %s failed: %s -- free space on the destination or choose another backup_dir" % (self.where, reason)
+        return "writing %s failed: %s -- check the destination (space, permissions, disk) or choose another backup_dir" % (self.where, reason)
 
     def write(self, data):
         if self._pipeline is None:

@@ -87,7 +87,7 @@ def explain(stderr, what, rc=None, container=None):
          r"terminating connection|connection to server .* failed", "is the PostgreSQL server running? check login_host/login_port"),
         (r"No such container|is not running", "check the container name with 'docker ps'"),
         (r"permission denied", "use a login_user with enough privileges (superuser or owner)"),
-        (r"No space left on device", "free space on the destination or choose another dest"),
+        (r"No space left on device", "free space on the destination or choose another backup_dir"),
     ]
     for pattern, hint in hints:
         if re.search(pattern, text, re.I):

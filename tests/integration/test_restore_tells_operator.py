@@ -118,7 +118,7 @@ def test_volume_archive_on_a_full_disk_says_so(engine, mm_docker, full_dest, com
                              journal_dir=os.path.join(os.path.dirname(full_dest), "..", "journal")), module=VOLUME_MODULE)
     assert result["_rc"] == 1, result
     assert "damaged" not in result["msg"] and "\n" not in result["msg"]
-    assert "No space left on device -- free space on the destination or choose another dest" in result["msg"], result["msg"]
+    assert "No space left on device -- free space on the destination or choose another backup_dir" in result["msg"], result["msg"]
     assert os.path.join(full_dest, "volumes_lleno_") in result["msg"], result["msg"]
     assert os.listdir(full_dest) == [".volumes_lleno.lock"]
     assert json.dumps(result).count("Traceback") == 0
