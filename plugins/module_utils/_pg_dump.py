@@ -53,8 +53,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_format impor
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_globals import dump_globals
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import dump_pattern, explain, quote_literal
-from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE
-from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import widen_pipe
+from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, widen_pipe
 
 
 LEVELS = {"gzip": 9, "zstd": 19}

@@ -44,7 +44,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import
     check_recipients,
     encryption_record,
 )
-from ansible_collections.minimarket.backup.plugins.module_utils._process import PIPE, Process
+from ansible_collections.minimarket.backup.plugins.module_utils._process import PIPE, Process, widen_pipe
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine, containers_stopped, start_stopped
@@ -60,7 +60,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar impo
     extract_stream,
     is_pipe,
     scan_stream,
-    widen_pipe,
 )
 
 KIND = "volumes"

@@ -1,10 +1,11 @@
 """_process with real children: stderr kept apart from the data, errors in one line, nothing left running or unreaped."""
+import fcntl
 import os
 
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
-from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, Pipeline, Process, run
+from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, Pipeline, Process, run, widen_pipe
 
 
 def state(pid):
@@ -128,3 +129,17 @@ def test_a_dead_reader_makes_the_writer_fail_instead_of_blocking():
     with Pipeline([("yes", ["yes"]), ("head", ["head", "-c", "10"])], stdin=DEVNULL) as pipeline:
         assert pipeline.stdout.read() == b"y\ny\ny\ny\ny\n"
         assert pipeline.wait() == [-13, 0]
+
+
+def test_widen_pipe_makes_a_pipe_1_mib_and_leaves_other_descriptors_alone(tmp_path):
+    read_end, write_end = os.pipe()
+    try:
+        widen_pipe(write_end)
+        assert fcntl.fcntl(read_end, getattr(fcntl, "F_GETPIPE_SZ", 1032)) == 1024 * 1024
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with open(tmp_path / "not-a-pipe", "wb") as handle:
+        widen_pipe(handle.fileno())
+        handle.write(b"still writable")
+    assert (tmp_path / "not-a-pipe").read_bytes() == b"still writable"
