@@ -58,6 +58,18 @@ def test_a_missing_program_is_one_line_naming_the_fix():
     assert str(info.value).endswith("install it on this host (apt install minimarket-no-such-tool)")
 
 
+@pytest.mark.parametrize("program, package", [
+    ("/nonexistent/bin/docker", "docker.io"),
+    ("/nonexistent/usr/lib/postgresql/16/bin/pg_dump", "postgresql-client"),
+    ("/nonexistent/bin/igzip", "isal"),
+    ("/nonexistent/bin/zstd", "zstd"),
+])
+def test_a_missing_program_names_the_debian_package_that_installs_it(program, package):
+    with pytest.raises(BackupError) as info:
+        run([program, "--version"])
+    assert str(info.value) == "cannot run %s (No such file or directory): install it on this host (apt install %s)" % (program, package)
+
+
 def test_reason_is_the_last_stderr_line_else_the_exit_status():
     with Process(["sh", "-c", "echo first >&2; echo 'tar: disk full' >&2; exit 3"], stdin=DEVNULL) as proc:
         assert proc.wait() == 3
