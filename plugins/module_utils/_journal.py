@@ -32,10 +32,10 @@ SUFFIX = ".json"
 LOCK_SUFFIX = ".lock"
 
 
-def default_dir(dest=None, src=None):
-    """``.journal`` in the backup root: the parent of ``dest`` (``<root>/database``, ``<root>/volumes``), else of src's directory."""
-    if dest:
-        base = os.path.dirname(os.path.abspath(dest))
+def default_dir(backup_dir=None, src=None):
+    """``.journal`` in the backup root: the parent of ``backup_dir`` (``<root>/database``, ``<root>/volumes``), else of src's directory."""
+    if backup_dir:
+        base = os.path.dirname(os.path.abspath(backup_dir))
     elif src and src != "latest":
         base = os.path.dirname(os.path.dirname(os.path.abspath(src)))
     else:

@@ -320,14 +320,14 @@ def _kept_by_remote_policy(remote_set, local, policy, now):
     return set(name for name, candidate in candidates.items() if candidate.kept)
 
 
-def push(rclone, src_dir, kind, environment, policy, now, check_mode=False):
+def push(rclone, backup_dir, kind, environment, policy, now, check_mode=False):
     """Copy every complete local pair the remote lacks and its retention keeps, newest first; stop at the first transfer failure."""
-    if not os.path.isdir(src_dir):
-        raise BackupError("backup_dir %s does not exist or is not a directory: give the local backup directory" % src_dir)
+    if not os.path.isdir(backup_dir):
+        raise BackupError("backup_dir %s does not exist or is not a directory: give the local backup directory" % backup_dir)
     started = time.monotonic()
     remote_set = scan_remote(rclone, kind, environment)
     result = dict(pushed=[], already_remote=[], expired=[], failed=[], incomplete=[], bytes=0)
-    local = list_backups(src_dir, kind, environment)
+    local = list_backups(backup_dir, kind, environment)
     kept = _kept_by_remote_policy(remote_set, [b for b in local if b.complete], policy, now)
     for backup in reversed(local):
         if not backup.complete:
@@ -449,26 +449,26 @@ def _fetch_into(rclone, chosen, local_path):
         meta.commit()
 
 
-def fetch(rclone, kind, environment, backup, dest, check_mode=False):
-    """Download one complete remote pair into dest: archive through a ``.partial`` checked against the metadata, then the metadata."""
+def fetch(rclone, kind, environment, backup, backup_dir, check_mode=False):
+    """Download one complete remote pair into backup_dir: archive through a ``.partial`` checked against the metadata, then the metadata."""
     started = time.monotonic()
     chosen = _choose(scan_remote(rclone, kind, environment), backup, kind, environment, rclone.remote)
-    local_path = os.path.join(dest, chosen.name)
+    local_path = os.path.join(backup_dir, chosen.name)
     result = dict(name=chosen.name, path=local_path, metadata=metadata_path(local_path), bytes=0, changed=False)
     if os.path.lexists(local_path) or os.path.lexists(metadata_path(local_path)):
-        local = Backup(dest, chosen.name)
+        local = Backup(backup_dir, chosen.name)
         try:
             local.check_checksum()
         except BackupError as exc:
             raise BackupError("a local copy of %s exists but is not usable (%s): move it out of %s and run again"
-                              % (chosen.name, exc, dest))
+                              % (chosen.name, exc, backup_dir))
         result["duration"] = round(time.monotonic() - started, 3)
         return result
     result["changed"] = True
     result["bytes"] = chosen.size
     if not check_mode:
-        os.makedirs(dest, 0o700, exist_ok=True)
-        with backup_lock(dest, kind, environment):
+        os.makedirs(backup_dir, 0o700, exist_ok=True)
+        with backup_lock(backup_dir, kind, environment):
             _fetch_into(rclone, chosen, local_path)
     result["duration"] = round(time.monotonic() - started, 3)
     return result

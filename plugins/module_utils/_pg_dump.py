@@ -53,8 +53,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_format impor
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_globals import dump_globals
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import dump_pattern, explain, quote_literal
-from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE
-from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import widen_pipe
+from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, widen_pipe
 
 
 LEVELS = {"gzip": 9, "zstd": 19}
@@ -74,7 +73,7 @@ HAVING count(*) >= 500 OR bool_or(strpos(sn.nspname || s.relname, chr(10)) > 0);
 """
 
 
-DUMP_FIELDS = "db dest environment compression jobs include_globals recipients compression_level"
+DUMP_FIELDS = "db backup_dir environment compression jobs include_globals recipients compression_level"
 
 
 class DumpOptions(collections.namedtuple("DumpOptions", DUMP_FIELDS)):
@@ -136,31 +135,31 @@ def table_rows(manifest):
     return dict(sorted((entry["table"], entry["rows"]) for entry in manifest["streams"].values() if entry.get("kind") == "table-data"))
 
 
-def check_dest(dest, may_not_exist=False):
-    """Refuse a dest the dump cannot write into.
+def check_backup_dir(backup_dir, may_not_exist=False):
+    """Refuse a backup_dir the dump cannot write into.
 
     With ``may_not_exist`` (check mode: backup_storage creates the directories only in a real run) a
-    missing dest is fine when its nearest existing parent is a writable directory; returns whether it exists.
+    missing backup_dir is fine when its nearest existing parent is a writable directory; returns whether it exists.
     """
-    if may_not_exist and not os.path.lexists(dest):
-        parent = os.path.dirname(os.path.abspath(dest))
+    if may_not_exist and not os.path.lexists(backup_dir):
+        parent = os.path.dirname(os.path.abspath(backup_dir))
         while not os.path.lexists(parent):
             parent = os.path.dirname(parent)
         if not (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)):
             raise BackupError("backup_dir %s does not exist and %s is not a writable directory: fix backup_dir or the permissions of %s"
-                              % (dest, parent, parent))
+                              % (backup_dir, parent, parent))
         return False
-    if not os.path.isdir(dest):
-        raise BackupError("backup_dir %s is not a directory: create it (mode 0700) or fix backup_dir" % dest)
-    if not os.access(dest, os.W_OK | os.X_OK):
-        raise BackupError("backup_dir %s is not writable by this user: fix its permissions or choose another backup_dir" % dest)
+    if not os.path.isdir(backup_dir):
+        raise BackupError("backup_dir %s is not a directory: create it (mode 0700) or fix backup_dir" % backup_dir)
+    if not os.access(backup_dir, os.W_OK | os.X_OK):
+        raise BackupError("backup_dir %s is not writable by this user: fix its permissions or choose another backup_dir" % backup_dir)
     return True
 
 
-def plan_dump(dest, environment, compression, when=None, encrypted=False):
+def plan_dump(backup_dir, environment, compression, when=None, encrypted=False):
     check_environment(environment)
     name = archive_name(KIND, environment, when or utc_now(), compression, encrypted)
-    path = os.path.join(dest, name)
+    path = os.path.join(backup_dir, name)
     return path
 
 
@@ -175,20 +174,20 @@ def dump(tools, options):
 
     With ``recipients`` (age public keys) the archive is encrypted as it is written.
     """
-    db, dest, environment, compression, jobs, include_globals, recipients, compression_level = options
+    db, backup_dir, environment, compression, jobs, include_globals, recipients, compression_level = options
     started = time.time()
     check_environment(environment)
     if compression not in EXTENSIONS:
         raise BackupError("compression %r is not supported: use gzip, zstd or none" % compression)
     check_compression_level(compression, compression_level)
     recipients = check_recipients(recipients)
-    check_dest(dest)
+    check_backup_dir(backup_dir)
     server_num = tools.server_version_num(db)
     pg_dump_version = tools.check_client("pg_dump", server_num)
-    with backup_lock(dest, KIND, environment):
-        remove_stale_partials(dest, KIND, environment)
+    with backup_lock(backup_dir, KIND, environment):
+        remove_stale_partials(backup_dir, KIND, environment)
         when = utc_now()
-        path = new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
+        path = new_archive_path(backup_dir, KIND, environment, when, compression, bool(recipients))
         session = tools.session(db)
         try:
             snapshot, relations, objects, props = snapshot_facts(session, db)

@@ -49,8 +49,8 @@ MANIFEST = "manifest.json"
 LAST = ".last"
 
 
-class BackupSource(collections.namedtuple("BackupSource", "src dest environment identity_file")):
-    """Which backup restore and verify read (``src``: a path, a name in ``dest``, or latest) and the age identity that opens it."""
+class BackupSource(collections.namedtuple("BackupSource", "src backup_dir environment identity_file")):
+    """Which backup restore and verify read (``src``: a path, a name in ``backup_dir``, or latest) and the age identity that opens it."""
 
     __slots__ = ()
 
@@ -274,12 +274,12 @@ def extract_stream(backup_path, wanted, expected_sha256, identity_file=None):
 
 def load_backup(source):
     """Resolve and checksum-verify the archive (and prove the key opens an encrypted one) before anything is touched."""
-    src, dest, environment, identity_file = source
-    if src != "latest" and not os.path.isabs(src) and dest:
-        src = os.path.join(dest, src)
-    if src == "latest" and not dest:
-        raise BackupError("src=latest needs dest (the backup directory) to look in")
-    backup = resolve_source(src, dest or os.path.dirname(src), KIND, environment, identity_file)
+    src, backup_dir, environment, identity_file = source
+    if src != "latest" and not os.path.isabs(src) and backup_dir:
+        src = os.path.join(backup_dir, src)
+    if src == "latest" and not backup_dir:
+        raise BackupError("src=latest needs backup_dir (the backup directory) to look in")
+    backup = resolve_source(src, backup_dir or os.path.dirname(src), KIND, environment, identity_file)
     meta = backup.metadata
     if meta.get("archive_format") not in READABLE_FORMATS or meta.get("kind") != KIND:
         raise BackupError("%s was not written by pg_split_dump (archive_format %r): restore it by hand" % (backup.name, meta.get("archive_format")))

@@ -229,24 +229,24 @@ def ask(engine, project, specs, records, created, timeout, exact):
     return results, failure
 
 
-def live(engine, project, checks, src=None, dest=None, environment=None, timeout=120):
+def live(engine, project, checks, src=None, backup_dir=None, environment=None, timeout=120):
     """Ask the running stack; expected values from the archive it was recovered from (``src``), when given."""
     specs = check_specs(checks)
     records, created = {}, None
     if src:
-        metadata = bs.read_metadata(bs.metadata_path(_archive_path(src, dest, environment)))
+        metadata = bs.read_metadata(bs.metadata_path(_archive_path(src, backup_dir, environment)))
         records = dict((record["name"], record) for record in metadata.get("volumes", []))
         created = _created(metadata)
     results, failure = ask(engine, project, specs, records, created, timeout, exact=False)
     return {"project": project, "services": results, "failure": failure}
 
 
-def _archive_path(src, dest, environment):
+def _archive_path(src, backup_dir, environment):
     if src != "latest":
         return src
-    complete = [b for b in bs.list_backups(dest, va.KIND, environment) if b.complete]
+    complete = [b for b in bs.list_backups(backup_dir, va.KIND, environment) if b.complete]
     if not complete:
-        raise BackupError("no complete volumes backup for environment %r in %s: pass src" % (environment, dest))
+        raise BackupError("no complete volumes backup for environment %r in %s: pass src" % (environment, backup_dir))
     return complete[-1].path
 
 
@@ -342,7 +342,7 @@ def _compose_run(compose, project, path, *args):
                                                                           (err.strip().splitlines() or ["no output"])[-1]))
 
 
-def scratch(engine, compose, live_project, compose_file, checks, src, dest, environment, identity_file=None, timeout=120,
+def scratch(engine, compose, live_project, compose_file, checks, src, backup_dir, environment, identity_file=None, timeout=120,
             mode="auto", helper_image=va.DEFAULT_HELPER_IMAGE, allow_devices=False):
     """Restore the checked services' volumes into a scratch project, start it, ask the services, remove it all."""
     specs = check_specs(checks)
@@ -350,7 +350,7 @@ def scratch(engine, compose, live_project, compose_file, checks, src, dest, envi
     removed = remove_leftovers(engine, live_project)
     if removed:
         warnings.append("removed a scratch project left over by an earlier verification: %s" % ", ".join(sorted(removed)))
-    backup = bs.resolve_source(src, dest, va.KIND, environment, identity_file)
+    backup = bs.resolve_source(src, backup_dir, va.KIND, environment, identity_file)
     warnings.extend(backup.warnings)
     records = dict((record["name"], record) for record in backup.metadata.get("volumes", []))
     config = _compose_config(compose, live_project, compose_file)

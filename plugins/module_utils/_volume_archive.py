@@ -44,7 +44,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import
     check_recipients,
     encryption_record,
 )
-from ansible_collections.minimarket.backup.plugins.module_utils._process import PIPE, Process
+from ansible_collections.minimarket.backup.plugins.module_utils._process import PIPE, Process, widen_pipe
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine, containers_stopped, start_stopped
@@ -60,7 +60,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar impo
     extract_stream,
     is_pipe,
     scan_stream,
-    widen_pipe,
 )
 
 KIND = "volumes"
@@ -264,7 +263,7 @@ def _unique_containers(users):
 
 
 class ArchiveOptions(collections.namedtuple(
-        "ArchiveOptions", "names dest environment compression mode stop_containers helper_image recipients consistency",
+        "ArchiveOptions", "names backup_dir environment compression mode stop_containers helper_image recipients consistency",
         defaults=("gzip", "auto", False, DEFAULT_HELPER_IMAGE, None, None))):
     """What one archive writes and how (the module's options), built once by the module instead of a long positional list."""
 
@@ -272,7 +271,7 @@ class ArchiveOptions(collections.namedtuple(
 
 
 class RestoreOptions(collections.namedtuple(
-        "RestoreOptions", "src dest environment names mode stop_containers helper_image allow_devices check_restored identity_file",
+        "RestoreOptions", "src backup_dir environment names mode stop_containers helper_image allow_devices check_restored identity_file",
         defaults=(None, "auto", False, DEFAULT_HELPER_IMAGE, False, True, None))):
     """What one restore does (the module's options); ``names`` None restores every volume of the archive."""
 
@@ -281,7 +280,7 @@ class RestoreOptions(collections.namedtuple(
 
 def archive(engine, options, check_mode=False, journal=None):
     """``options`` is an ArchiveOptions; ``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
-    names, dest, environment, compression, mode, stop_containers, helper_image, recipients, consistency = options
+    names, backup_dir, environment, compression, mode, stop_containers, helper_image, recipients, consistency = options
     journal = journal or _journal.Job(None, "archive")
     check_volume_names(names)
     if not names:
@@ -299,21 +298,21 @@ def archive(engine, options, check_mode=False, journal=None):
         to_stop = _stop_list(users, modes, stop_containers, [])
         result["stopped_containers"] = [{"id": c[0], "name": c[1]} for c in to_stop]
         result["volumes"] = [dict(volume_record(info), consistency={"mode": modes[info["Name"]]}) for info in infos]
-        result["msg"] = "would write %s" % os.path.join(dest, planned)
+        result["msg"] = "would write %s" % os.path.join(backup_dir, planned)
         return result
-    if not os.path.isdir(dest):
-        os.makedirs(dest, 0o700)
+    if not os.path.isdir(backup_dir):
+        os.makedirs(backup_dir, 0o700)
     stopped = []
-    with backup_lock(dest, KIND, environment):
-        remove_stale_partials(dest, KIND, environment)
+    with backup_lock(backup_dir, KIND, environment):
+        remove_stale_partials(backup_dir, KIND, environment)
         when = bs.utc_now()
-        path = new_archive_path(dest, KIND, environment, when, compression, bool(recipients))
+        path = new_archive_path(backup_dir, KIND, environment, when, compression, bool(recipients))
         started = time.time()
         target = AtomicFile(path)
         sink = None
         try:
             mountpoints = dict((info["Name"], host_mountpoint(info)) for info in infos) if mode == "host" else None
-            with vc.prepared(engine, infos, mountpoints, modes, users, dest, journal, warnings) as prepared:
+            with vc.prepared(engine, infos, mountpoints, modes, users, backup_dir, journal, warnings) as prepared:
                 to_stop = _stop_list(users, dict((n, v.mode) for n, v in prepared.items()), stop_containers, warnings)
                 sink = CompressedSink(target.handle, compression, recipients)
                 with containers_stopped(engine, to_stop, stopped, journal):
@@ -405,14 +404,14 @@ def scan_archive(backup, allow_devices=False, contents=True):
     return report
 
 
-def verify(src, dest, environment, allow_devices=False, engine=None, mode="auto", helper_image=DEFAULT_HELPER_IMAGE,
+def verify(src, backup_dir, environment, allow_devices=False, engine=None, mode="auto", helper_image=DEFAULT_HELPER_IMAGE,
            identity_file=None, journal=None):
     """Checksum, member safety and content digests; with ``engine``, also a restore into scratch volumes.
 
     A host-mode scratch restore makes every check of the plain scan in the
     same pass, so the archive is not decompressed twice.
     """
-    backup = bs.resolve_source(src, dest, KIND, environment, identity_file)
+    backup = bs.resolve_source(src, backup_dir, KIND, environment, identity_file)
     result = {"archive": backup.path, "backup": backup.describe(), "sha256": backup.metadata["sha256"], "warnings": list(backup.warnings)}
     if engine is None:
         result["volumes"] = scan_archive(backup, allow_devices)
@@ -647,12 +646,12 @@ def scratch_volumes(engine, backup, journal, names=None, naming=None, labels=Non
 
 def restore(engine, options, check_mode=False, journal=None):
     """``options`` is a RestoreOptions; ``journal`` (a _journal.Job) records each step a killed run leaves for the next run to repair."""
-    src, dest, environment, names, mode, stop_containers, helper_image, allow_devices, check_restored, identity_file = options
+    src, backup_dir, environment, names, mode, stop_containers, helper_image, allow_devices, check_restored, identity_file = options
     journal = journal or _journal.Job(None, "restore")
     # The key of an encrypted archive is proven here, before any container is stopped or volume touched.  A host-mode
     # restore takes the archive's sha256 in its one pass and compares it before anything is swapped in (_stage).
     in_pass = not check_mode and mode != "api" and engine.local
-    backup = bs.resolve_source(src, dest, KIND, environment, identity_file, checksum=not in_pass)
+    backup = bs.resolve_source(src, backup_dir, KIND, environment, identity_file, checksum=not in_pass)
     available = [v["name"] for v in backup.metadata.get("volumes", [])]
     if names:
         check_volume_names(names)

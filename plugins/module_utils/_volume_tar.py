@@ -23,7 +23,6 @@ because this Python's ``tarfile`` filters predate the 2025 bypass fixes.
 import collections
 import ctypes
 import errno
-import fcntl
 import hashlib
 import os
 import stat
@@ -31,6 +30,7 @@ import tarfile
 
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import TAR_PARSE_ERRORS, damaged_archive
+from ansible_collections.minimarket.backup.plugins.module_utils._process import widen_pipe
 
 BLOCK = 64 * 1024
 ZERO_BLOCK = bytes(BLOCK)
@@ -53,8 +53,6 @@ ACL_KEYS = ("SCHILY.acl.access", "SCHILY.acl.default")
 XATTR_PREFIX = "SCHILY.xattr."
 # ACLs travel as SCHILY.acl.* text; their binary xattr twins would duplicate them.
 SKIPPED_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
-# fcntl.F_SETPIPE_SZ (Linux) is only named in Python 3.10+.
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 # A header tarfile cannot parse: past the first one tarfile ends the archive quietly (StrictTarInfo).
 HEADER_DAMAGE = (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError)
 
@@ -304,14 +302,6 @@ def is_pipe(handle):
     if _TEE is None or not hasattr(os, "splice"):
         return False
     return stat.S_ISFIFO(os.fstat(fd).st_mode)
-
-
-def widen_pipe(fd):
-    """A 1 MiB pipe (64 KiB by default) makes producer and consumer switch 16 times less often."""
-    try:
-        fcntl.fcntl(fd, F_SETPIPE_SZ, READ)
-    except OSError:
-        pass
 
 
 def kernel_tee(source, target, size):

@@ -461,8 +461,8 @@ from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import HAS_DOCKER
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_dump import (
     DumpOptions,
+    check_backup_dir,
     check_compression_level,
-    check_dest,
     dump,
     plan_dump,
 )
@@ -486,12 +486,12 @@ def run(module, tools, journal_dir):
     if state == "dump":
         if module.check_mode:
             recipients = check_recipients(params["age_recipients"])
-            dest_exists = check_dest(params["backup_dir"], may_not_exist=True)
+            backup_dir_exists = check_backup_dir(params["backup_dir"], may_not_exist=True)
             tools.check_client("pg_dump", tools.server_version_num(params["db"]))
             check_compression_level(params["compression"], params["compression_level"])
             path = plan_dump(params["backup_dir"], params["environment"], params["compression"], encrypted=bool(recipients))
             msg = "would write %s" % path
-            if not dest_exists:
+            if not backup_dir_exists:
                 msg += " (%s does not exist yet: the run creates it)" % params["backup_dir"]
             return dict(changed=True, archive=path, metadata=metadata_path(path), encrypted=bool(recipients),
                         recipients=recipients, msg=msg)

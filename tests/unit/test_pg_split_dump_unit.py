@@ -288,14 +288,14 @@ def test_plan_dump_rejects_bad_environment(tmp_path):
     assert pg_dump.plan_dump(str(tmp_path), "prod-1", "zstd").endswith(".tar.zst")
 
 
-def test_check_dest_messages(tmp_path):
+def test_check_backup_dir_messages(tmp_path):
     with pytest.raises(BackupError, match="is not a directory"):
-        pg_dump.check_dest(str(tmp_path / "missing"))
-    assert pg_dump.check_dest(str(tmp_path)) is True
-    assert pg_dump.check_dest(str(tmp_path / "missing" / "database"), may_not_exist=True) is False
+        pg_dump.check_backup_dir(str(tmp_path / "missing"))
+    assert pg_dump.check_backup_dir(str(tmp_path)) is True
+    assert pg_dump.check_backup_dir(str(tmp_path / "missing" / "database"), may_not_exist=True) is False
     (tmp_path / "file").write_text("")
     with pytest.raises(BackupError, match=r"does not exist and .*/file is not a writable directory"):
-        pg_dump.check_dest(str(tmp_path / "file" / "database"), may_not_exist=True)
+        pg_dump.check_backup_dir(str(tmp_path / "file" / "database"), may_not_exist=True)
 
 
 class FullDisk(object):

@@ -1,10 +1,11 @@
 """_process with real children: stderr kept apart from the data, errors in one line, nothing left running or unreaped."""
+import fcntl
 import os
 
 import pytest
 
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
-from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, Pipeline, Process, run
+from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, Pipeline, Process, run, widen_pipe
 
 
 def state(pid):
@@ -57,6 +58,18 @@ def test_a_missing_program_is_one_line_naming_the_fix():
     assert str(info.value).endswith("install it on this host (apt install minimarket-no-such-tool)")
 
 
+@pytest.mark.parametrize("program, package", [
+    ("/nonexistent/bin/docker", "docker.io"),
+    ("/nonexistent/usr/lib/postgresql/16/bin/pg_dump", "postgresql-client"),
+    ("/nonexistent/bin/igzip", "isal"),
+    ("/nonexistent/bin/zstd", "zstd"),
+])
+def test_a_missing_program_names_the_debian_package_that_installs_it(program, package):
+    with pytest.raises(BackupError) as info:
+        run([program, "--version"])
+    assert str(info.value) == "cannot run %s (No such file or directory): install it on this host (apt install %s)" % (program, package)
+
+
 def test_reason_is_the_last_stderr_line_else_the_exit_status():
     with Process(["sh", "-c", "echo first >&2; echo 'tar: disk full' >&2; exit 3"], stdin=DEVNULL) as proc:
         assert proc.wait() == 3
@@ -81,7 +94,7 @@ def test_an_error_in_the_block_kills_and_reaps_the_child():
     with pytest.raises(RuntimeError):
         with Process(["sleep", "60"], stdin=DEVNULL) as proc:
             pid = proc.pid
-            assert (pid, "sleep") in children() and state(pid) in ("S", "R")
+            assert (pid, "sleep") in children() and state(pid) not in (None, "Z")  # alive: running, sleeping or in a disk wait (D)
             raise RuntimeError("the reader failed")
     assert proc.returncode == -9
     assert_reaped(pid)
@@ -128,3 +141,17 @@ def test_a_dead_reader_makes_the_writer_fail_instead_of_blocking():
     with Pipeline([("yes", ["yes"]), ("head", ["head", "-c", "10"])], stdin=DEVNULL) as pipeline:
         assert pipeline.stdout.read() == b"y\ny\ny\ny\ny\n"
         assert pipeline.wait() == [-13, 0]
+
+
+def test_widen_pipe_makes_a_pipe_1_mib_and_leaves_other_descriptors_alone(tmp_path):
+    read_end, write_end = os.pipe()
+    try:
+        widen_pipe(write_end)
+        assert fcntl.fcntl(read_end, getattr(fcntl, "F_GETPIPE_SZ", 1032)) == 1024 * 1024
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    with open(tmp_path / "not-a-pipe", "wb") as handle:
+        widen_pipe(handle.fileno())
+        handle.write(b"still writable")
+    assert (tmp_path / "not-a-pipe").read_bytes() == b"still writable"

@@ -16,24 +16,15 @@ import re
 import jinja2
 import jinja2.nativetypes
 import pytest
-import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ROLES_DIR = os.path.join(ROOT, "roles")
-ROLES = sorted(name for name in os.listdir(ROLES_DIR) if os.path.isdir(os.path.join(ROLES_DIR, name)))
+from tests.role_files import ROLES, ROLES_DIR, load_yaml, walk_tasks
+
 # A description names variables or placeholders (C(name), <environment>) or is a sentence.
 DESCRIPTIVE = re.compile(r"C\(|<[a-z_]+>| ")
 
 
-def load_yaml(path):
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
-
-
 def dependencies(role):
-    meta = load_yaml(os.path.join(ROLES_DIR, role, "meta", "main.yml"))
+    meta = load_yaml(os.path.join(ROLES_DIR, role, "meta", "main.yml"), optional=True)
     return [dep["role"] if isinstance(dep, dict) else dep for dep in meta.get("dependencies") or []]
 
 
@@ -53,8 +44,8 @@ def rendered_defaults(role):
     """{name: value} for every default of the role that renders without the play; unrenderable ones are left out."""
     raw = {}
     for dep in dependencies(role):
-        raw.update(load_yaml(os.path.join(ROLES_DIR, dep.split(".")[-1], "defaults", "main.yml")))
-    own = load_yaml(os.path.join(ROLES_DIR, role, "defaults", "main.yml"))
+        raw.update(load_yaml(os.path.join(ROLES_DIR, dep.split(".")[-1], "defaults", "main.yml"), optional=True))
+    own = load_yaml(os.path.join(ROLES_DIR, role, "defaults", "main.yml"), optional=True)
     raw.update(own)
     env = environment()
     values, pending = {}, dict(raw)
@@ -124,9 +115,7 @@ def test_each_inventory_setting_is_defaulted_in_one_place():
 
 
 def included_roles(tasks):
-    for task in tasks or []:
-        for key in ("block", "rescue", "always"):
-            yield from included_roles(task.get(key))
+    for task in walk_tasks(tasks):
         for module in ("ansible.builtin.include_role", "ansible.builtin.import_role"):
             if isinstance(task.get(module), dict):
                 yield task[module]["name"].split(".")[-1]
@@ -142,7 +131,7 @@ def test_roles_included_by_roles_see_the_shared_defaults():
     for role in ROLES:
         directory = os.path.join(ROLES_DIR, role, "tasks")
         for file_name in sorted(os.listdir(directory)):
-            for included in included_roles(load_yaml(os.path.join(directory, file_name)) or []):
+            for included in included_roles(load_yaml(os.path.join(directory, file_name))):
                 if included != "backup_set" and "minimarket.backup.backup_set" not in dependencies(included):
                     missing.add("%s (included by %s/tasks/%s)" % (included, role, file_name))
     assert not missing, "roles without backup_set in meta/main.yml dependencies: %s" % "; ".join(sorted(missing))

@@ -13,16 +13,9 @@ import re
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ROLES_DIR = os.path.join(ROOT, "roles")
-ROLES = sorted(name for name in os.listdir(ROLES_DIR) if os.path.isdir(os.path.join(ROLES_DIR, name)))
-TASK_BLOCKS = ("block", "rescue", "always")
+from tests.role_files import ROLES, ROLES_DIR, load_yaml, walk_tasks
+
 SET_FACT = ("ansible.builtin.set_fact", "set_fact")
-
-
-def load_yaml(path):
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
 
 
 def readme(role):
@@ -46,9 +39,7 @@ def options(role):
 def task_names(tasks):
     """Names a task list makes for its caller to read: registered results, set_fact facts, tags."""
     names = set()
-    for task in tasks or []:
-        for key in TASK_BLOCKS:
-            names |= task_names(task.get(key))
+    for task in walk_tasks(tasks):
         if isinstance(task.get("register"), str):
             names.add(task["register"])
         tags = task.get("tags") or []
