@@ -127,6 +127,7 @@ def child(args):
     engine = Engine()
     names = args.volumes.split(",")
     extra = {}
+    startup = _cpu(resource.getrusage(resource.RUSAGE_SELF))  # Python, the imports, the Engine: not the operation's
     if args.child == "archive":
         before = set(os.listdir(args.dest))
         peak, stop = [0], threading.Event()
@@ -146,7 +147,8 @@ def child(args):
     usage_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps(dict(extra, seconds=run["seconds"], rss_mb=usage_self.ru_maxrss / 1024.0,
                           child_rss_mb=usage_children.ru_maxrss / 1024.0,
-                          cpu_python=round(_cpu(usage_self), 2), cpu_children=round(_cpu(usage_children), 2),
+                          cpu_python=round(_cpu(usage_self) - startup, 2), cpu_startup=round(startup, 2),
+                          cpu_children=round(_cpu(usage_children), 2),
                           phases=dict((k, round(v, 2)) for k, v in phases.items()))))
 
 
@@ -267,6 +269,12 @@ def main():
                 median(o["seconds"] for o in ours) / median(b["seconds"] for b in base), target,
                 median(b["cpu"] for b in base), median(o["cpu_python"] for o in ours), median(o["cpu_children"] for o in ours),
                 max(o["rss_mb"] for o in ours), max(o["child_rss_mb"] for o in ours), " / ".join("%.2fx" % r for r in ratios)))
+        # The least ratio this many cores allow: our CPU spread evenly over every core, over the baseline's wall time.
+        print("CPU bound on %d cores (ours/base at best): %s; Python start-up CPU (left out above): %.2f s" % (
+            os.cpu_count(), ", ".join("%s %.2fx" % (what, median(o["cpu"] for o in results["ours " + what]) / os.cpu_count()
+                                      / median(b["seconds"] for b in results["base " + what]))
+                                      for what in ("archive zstd", "archive gzip", "restore zstd")),
+            median(o["cpu_startup"] for key in ("ours archive zstd", "ours archive gzip", "ours restore zstd") for o in results[key])))
         for what in ("archive zstd", "archive gzip", "restore zstd"):
             print("  ours %s phases (s, median): %s" % (what, ", ".join(
                 "%s %.2f" % (key, median(o["phases"].get(key, 0.0) for o in results["ours " + what]))

@@ -11,7 +11,8 @@ Each round runs, interleaved so that load from other work hits them alike:
   ``pg_restore -j 2`` (database created first) of a ``pg_dump -Fd -j 2`` dump of the same database;
 * the module (real entry point): dump with the default gzip and with zstd, and a verified restore
   (``strategy: swap`` into a new database: ANALYZE and the per-table row-count check included) of
-  the zstd archive;
+  the zstd archive; and the module's fixed start-up (Python, imports, argument parsing, stopped by
+  ``jobs: 0``), which the ratios "start-up subtracted" take off, as issue 16 measured;
 * with ``--compare DIR``: the same module steps from another checkout (e.g. the main branch), so
   that before and after are measured in the same minutes;
 * with ``--documented``: the documented procedure (2 x ``pg_dump`` + ``tar czf``) and its psql replay.
@@ -163,6 +164,19 @@ def run_module(repo, args):
     return result, peak
 
 
+def module_startup(repo):
+    """The module's fixed cost: start Python, import it and its module_utils, parse the arguments (refused: ``jobs: 0``)."""
+    handle, path = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(handle, "w") as out:
+        json.dump({"ANSIBLE_MODULE_ARGS": {"state": "dump", "jobs": 0, "db": DB}}, out)
+    env = dict(os.environ, PYTHONPATH=os.path.join(repo, ".collections"))
+    proc = subprocess.run([sys.executable, os.path.join(repo, "plugins", "modules", "pg_split_dump.py"), path],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, check=False)
+    os.unlink(path)
+    if "set jobs to 1 or more" not in proc.stdout.decode():
+        raise SystemExit("the start-up step did not stop where expected: %s" % proc.stdout.decode())
+
+
 def machine():
     cpu = ""
     with open("/proc/cpuinfo") as info:
@@ -247,6 +261,7 @@ def main():
                     % (psql, bindir, work), env)))
 
             for _round in range(opts.repeat):
+                record("module_startup", measure(server, lambda: module_startup(REPO)))
                 record("pg_dump_devnull", measure(server, lambda: shell("%s -d %s > /dev/null" % (dump, DB), env)))
                 record("pg_dump_zstd", measure(server, lambda: shell(
                     "%s -Fp -d %s | zstd -q -T0 -3 > %s/plain.sql.zst" % (dump, DB, work), env)))
@@ -291,8 +306,14 @@ def main():
             ratios["%s dump %s / pg_dump | zstd (target <= 1.2)" % (label, compression)] = med[key]["wall"] / med["pg_dump_zstd"]["wall"]
             ratios["%s dump %s / raw pg_dump (target <= 1.5)" % (label, compression)] = med[key]["wall"] / med["pg_dump_devnull"]["wall"]
             ratios["%s dump %s CPU / pg_dump | zstd CPU" % (label, compression)] = total(key) / total("pg_dump_zstd")
+            ratios["%s dump %s / pg_dump | zstd, start-up subtracted" % (label, compression)] = (
+                (med[key]["wall"] - med["module_startup"]["wall"]) / med["pg_dump_zstd"]["wall"])
+            ratios["%s dump %s / raw pg_dump, start-up subtracted" % (label, compression)] = (
+                (med[key]["wall"] - med["module_startup"]["wall"]) / med["pg_dump_devnull"]["wall"])
         key = "%s_restore_zstd" % label
         ratios["%s restore (verified) / pg_restore -j 2 (target <= 1.2)" % label] = med[key]["wall"] / med["pg_restore_j2"]["wall"]
+        ratios["%s restore / pg_restore -j 2, start-up subtracted" % label] = (
+            (med[key]["wall"] - med["module_startup"]["wall"]) / med["pg_restore_j2"]["wall"])
         ratios["%s restore CPU / pg_restore -j 2 CPU" % label] = total(key) / total("pg_restore_j2")
     if opts.documented:
         ratios["documented dump / module dump gzip (speed-up)"] = med["documented_dump"]["wall"] / med["module_dump_gzip"]["wall"]

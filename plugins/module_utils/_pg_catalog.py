@@ -6,6 +6,8 @@ The dump records these facts and restore and verify compare a copy against them,
 """
 
 import json
+import queue
+import threading
 
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import FORMAT_1
@@ -20,6 +22,18 @@ WHERE c.relkind = 'r' AND c.relpersistence <> 't'
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
 ORDER BY n.nspname, c.relname;
+"""
+# Every relation's size, which orders the work biggest first, and whether ANALYZE runs on it: a database-wide ANALYZE
+# processes tables, partitioned tables and populated materialized views, the system catalogs too but not the shared
+# ones, which belong to the cluster.  A partition is analyzed with its root (ANALYZE of a partitioned table analyzes
+# every partition), so the root is sized by its whole tree.
+RELATION_SIZES = """
+SELECT to_json(n.nspname), to_json(c.relname),
+       CASE WHEN c.relkind = 'p' THEN (SELECT coalesce(sum(pg_relation_size(t.relid)), 0) FROM pg_partition_tree(c.oid) t)
+            ELSE pg_relation_size(c.oid) END,
+       NOT c.relispartition AND (c.relkind <> 'm' OR c.relispopulated)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm', 'p') AND c.relpersistence <> 't' AND NOT c.relisshared;
 """
 USER_NS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'"
 OBJECT_COUNTS = """
@@ -115,20 +129,36 @@ def compare_properties(tools, name, expected):
     return actual, problems
 
 
-def compare_contents(tools, dbname, metadata):
+def compare_contents(tools, dbname, metadata, jobs=1, analyze=False):
     """Per-table rows and object counts of dbname vs the metadata; returns (per-table results, problems).
 
-    Format 1 metadata counted a table with its inheritance children (``count(*)``), later ones its own rows.
+    Tables are counted by ``jobs`` sessions that share one exported snapshot, so
+    the counts stay those of one instant while no table waits for another.
+    ``analyze`` first runs ANALYZE on each relation a database-wide ANALYZE
+    would, in the same sessions, so a restore leaves the planner's statistics
+    without a serial pass over the whole database.  Format 1 metadata counted a
+    table with its inheritance children (``count(*)``), later ones its own rows.
     """
     own = metadata.get("archive_format") != FORMAT_1
-    session = tools.session(dbname)
+    lead = tools.session(dbname)
     try:
-        session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
-        actual = count_rows(session, list_relations(session, "listing restored tables"), "counting restored rows", own)
-        objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting restored objects"))
-        session.query("COMMIT;")
+        lead.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;")
+        snapshot = lead.query("SELECT pg_export_snapshot();", what="exporting the snapshot of %s" % dbname)[0][0]
+        counted = list_relations(lead, "listing restored tables")
+        objects = dict((k, int(v)) for k, v in lead.query(OBJECT_COUNTS, what="counting restored objects"))
+        sizes = {}
+        analyzed = set()
+        for schema, name, size, analyzed_too in lead.query(RELATION_SIZES, what="listing relations"):
+            key = (json.loads(schema), json.loads(name))
+            sizes[key] = int(size)
+            if analyze and analyzed_too == "t":
+                analyzed.add(key)
+        tables = set((schema, name) for schema, name, _pages in counted)
+        tasks = [key + (key in analyzed, key in tables) for key in sorted(analyzed | tables, key=lambda key: (-sizes.get(key, 0), key))]
+        actual = _run_in_sessions(tools, dbname, tasks, max(1, jobs), snapshot, own)
+        lead.query("COMMIT;")
     finally:
-        session.close()
+        lead.close()
     expected = metadata.get("tables", {})
     results = {}
     problems = []
@@ -142,3 +172,44 @@ def compare_contents(tools, dbname, metadata):
         if objects.get(name) != exp:
             problems.append("%s: %s restored, metadata says %s" % (name, objects.get(name), exp))
     return results, problems
+
+
+def _run_in_sessions(tools, dbname, tasks, workers, snapshot, own):
+    """ANALYZE and count each (schema, name, analyze, count) task in ``workers`` sessions; returns {schema.table: rows}."""
+    todo = queue.Queue()
+    for task in tasks:
+        todo.put(task)
+    counts = {}
+    failures = []
+
+    def worker():
+        session = None
+        try:
+            while not failures:
+                try:
+                    schema, name, analyze_it, count_it = todo.get_nowait()
+                except queue.Empty:
+                    return
+                session = session or tools.session(dbname)
+                relation = "%s.%s" % (quote_ident(schema), quote_ident(name))
+                if analyze_it:
+                    session.query("ANALYZE %s;" % relation, what="analyzing %s" % table_name(schema, name))
+                if count_it:
+                    rows = session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSET TRANSACTION SNAPSHOT %s;\n"
+                                         "SELECT count(*) FROM %s%s;\nCOMMIT;" % (quote_literal(snapshot), "ONLY " if own else "", relation),
+                                         what="counting rows of %s" % table_name(schema, name))
+                    counts[table_name(schema, name)] = int(rows[0][0])
+        except BaseException as exc:  # the first failure stops everyone; the caller re-raises it
+            failures.append(exc)
+        finally:
+            if session is not None:
+                session.close()
+
+    threads = [threading.Thread(target=worker) for _worker in range(min(workers, len(tasks)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return counts

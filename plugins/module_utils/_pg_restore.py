@@ -106,9 +106,8 @@ def restore(tools, options, check_mode=False, journal=None):
             drop_database(tools, db)
         create_database(tools, db, props, None)
         restore_archive(tools, backup.path, db, jobs, identity_file, backup.metadata["archive_format"])
-        tools.psql(db, "ANALYZE;", what="analyzing %s" % db)
+        result["tables"], problems = compare_contents(tools, db, backup.metadata, jobs, analyze=True)
         apply_properties(tools, db, props)
-        result["tables"], problems = compare_contents(tools, db, backup.metadata)
         result["database_properties"], more = compare_properties(tools, db, props)
         problems += more
         if problems:
@@ -120,8 +119,7 @@ def restore(tools, options, check_mode=False, journal=None):
     create_database(tools, temp, props, db)
     try:
         restore_archive(tools, backup.path, temp, jobs, identity_file, backup.metadata["archive_format"])
-        tools.psql(temp, "ANALYZE;", what="analyzing %s" % temp)
-        result["tables"], problems = compare_contents(tools, temp, backup.metadata)
+        result["tables"], problems = compare_contents(tools, temp, backup.metadata, jobs, analyze=True)
         if not problems:
             apply_properties(tools, temp, props)
             result["database_properties"], problems = compare_properties(tools, temp, props)

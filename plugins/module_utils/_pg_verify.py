@@ -77,7 +77,7 @@ def verify(tools, options, journal=None):
     create_database(tools, scratch, props, db)
     try:
         restore_archive(tools, backup.path, scratch, jobs, identity_file, backup.metadata["archive_format"])
-        tables, problems = compare_contents(tools, scratch, backup.metadata)
+        tables, problems = compare_contents(tools, scratch, backup.metadata, jobs)
         apply_properties(tools, scratch, props)
         result["database_properties"], more = compare_properties(tools, scratch, props)
         problems += more

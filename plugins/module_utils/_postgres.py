@@ -22,7 +22,9 @@ SENTINEL = "__minimarket_backup_done__"
 FIELD_SEP = "\x1f"
 
 # Spool stdin to a temp file first: pg_restore -j needs a seekable archive.
-SPOOL_SCRIPT = 'f=$(mktemp) || exit 70; trap \'rm -f "$f"\' EXIT; cat >"$f" || exit 71; "$@" "$f"'
+# pg_restore -j needs a file it can reopen and seek: stdin goes into a temp file that is unlinked as soon as it is
+# open, and the tool (exec'd, so killing it leaves nothing behind) reopens it as /dev/fd/3.
+SPOOL_SCRIPT = 'f=$(mktemp) || exit 70; exec 3<>"$f" || exit 70; rm -f "$f"; cat >&3 || exit 71; exec "$@" /dev/fd/3'
 
 
 SSL_MODES = ["allow", "disable", "prefer", "require", "verify-ca", "verify-full"]

@@ -99,7 +99,7 @@ options:
   jobs:
     description:
       - Parallel workers. Dump runs that many C(pg_dump) processes for table data; restore builds indexes and
-        constraints with C(pg_restore -j).
+        constraints with C(pg_restore -j), and restore and verify analyze and count the tables in that many sessions.
     type: int
     default: 2
   include_globals:

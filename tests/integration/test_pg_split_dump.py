@@ -97,6 +97,9 @@ def test_torture_round_trip_into_new_database(pg_server, torture_db, backup_dir,
     assert pg_server.execute(LO_QUERY, target) == los and len(los) == 2
     assert pg_server.execute("SELECT last_value, is_called FROM \"almacén\".tickets", target) == [(4242, True)]
     assert pg_server.execute("SELECT count(*) FROM resumen_mat", target) == [(100,)]
+    assert_analyzed_like_the_source(pg_server, torture_db, target)
+    inherited = set(row[1] for row in pg_server.execute(STATS_KEYS, target) if row[3])
+    assert {"ventas_part", "resumen_mat"} <= set(row[1] for row in pg_server.execute(STATS_KEYS, target)) and "ventas_part" in inherited
 
 
 ESCAPES_SQL = r"""
@@ -117,7 +120,21 @@ CREATE TABLE public.hija (extra int) INHERITS (public.padre);
 INSERT INTO public.padre VALUES (1, E'a\nb');
 INSERT INTO public.hija VALUES (2, NULL, 3), (3, E'\\', 4);
 CREATE TABLE public.vacia (id int);
+CREATE MATERIALIZED VIEW public.sin_datos AS SELECT id FROM public.vacia WITH NO DATA;
 """
+
+
+STATS_KEYS = """
+SELECT schemaname, tablename, attname, inherited FROM pg_stats
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2, 3, 4
+"""
+
+
+def assert_analyzed_like_the_source(pg_server, source, target):
+    """The restore leaves the statistics a database-wide ANALYZE of the source leaves: same relations, columns, inheritance."""
+    pg_server.execute("ANALYZE", source)
+    expected = pg_server.execute(STATS_KEYS, source)
+    assert expected and pg_server.execute(STATS_KEYS, target) == expected
 
 
 def test_rows_are_counted_in_the_copy_data_exactly(pg_server, backup_dir, dropped_databases):
@@ -146,6 +163,7 @@ def test_rows_are_counted_in_the_copy_data_exactly(pg_server, backup_dir, droppe
     assert restored["tables"] == dict((name, {"expected": rows, "restored": rows, "ok": True}) for name, rows in own.items())
     assert pg_server.execute("SELECT v, b FROM public.textos ORDER BY id LIMIT 8", target) == pg_server.execute(
         "SELECT v, b FROM public.textos ORDER BY id LIMIT 8", db)
+    assert_analyzed_like_the_source(pg_server, db, target)
 
 
 def _member(archive, name):

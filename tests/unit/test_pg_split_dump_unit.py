@@ -194,6 +194,21 @@ def test_native_argv_and_env_keep_password_out_of_argv(tmp_path):
         tools.argv("pg_restore", [])
 
 
+def test_spooled_stdin_is_a_reopenable_file_that_no_kill_leaves_behind(tmp_path):
+    """pg_restore -j reopens and seeks its input: it gets a file whose name is gone before any data is written."""
+    spool, bindir = tmp_path / "spool", tmp_path / "bin"
+    spool.mkdir()
+    bindir.mkdir()
+    tool = bindir / "pg_restore"
+    tool.write_text('#!/bin/sh\nls -A "$TMPDIR"; head -c 5 "$3"; tail -c 4 "$3"; echo " $1 $2 $3"\n')
+    tool.chmod(0o755)
+    argv = PgTools(dict(PARAMS, bin_dir=str(bindir))).argv("pg_restore", ["-j", "2"], spool_stdin=True)
+    rc, out, err = run(argv, data=b"ABCDE" + b"x" * 200000 + b"WXYZ", env={"TMPDIR": str(spool)})
+    assert (rc, err) == (0, "")
+    assert out == "ABCDEWXYZ -j 2 /dev/fd/3\n"
+    assert os.listdir(str(spool)) == []
+
+
 def test_unix_socket_wins_and_options_override_inherited_variables(monkeypatch):
     monkeypatch.setenv("PGPASSWORD", "inherited")
     monkeypatch.setenv("PGHOST", "elsewhere")
