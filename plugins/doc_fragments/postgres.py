@@ -55,6 +55,18 @@ options:
         the container.
     type: str
     aliases: [ssl_rootcert]
+  ssl_cert:
+    description:
+      - File of the client certificate, for a server that authenticates O(login_user) by certificate (C(pg_hba.conf)
+        method C(cert), or C(clientcert=verify-full)); its CN must be the user name unless the server maps it.
+      - Passed as E(PGSSLCERT) in the tools' environment. With O(container) or O(compose_service), a path inside
+        the container.
+    type: str
+  ssl_key:
+    description:
+      - File of the client certificate's private key (mode 0600, or 0640 owned by root), passed as E(PGSSLKEY).
+        With O(container) or O(compose_service), a path inside the container.
+    type: str
   maintenance_db:
     description:
       - Database used for administrative statements (create, rename, drop databases).

@@ -40,6 +40,8 @@ def postgres_common_argument_spec():
         login_unix_socket=dict(type="str", default="", aliases=["unix_socket"]),
         ssl_mode=dict(type="str", choices=SSL_MODES),
         ca_cert=dict(type="str", aliases=["ssl_rootcert"]),
+        ssl_cert=dict(type="str"),
+        ssl_key=dict(type="str", no_log=False),
         maintenance_db=dict(type="str", default="postgres"),
         container=dict(type="str"),
         compose_project=dict(type="str"),
@@ -83,6 +85,8 @@ def explain(stderr, what, rc=None, container=None):
         (r"certificate verify failed|root certificate file|does not match host name|server does not support SSL",
          "check ssl_mode and ca_cert (the CA that signed the server's certificate)"),
         (r"no pg_hba.conf entry .* no encryption", "the server takes SSL connections only: set ssl_mode (verify-full with ca_cert)"),
+        (r"requires a valid client certificate|certificate authentication failed|private key file|certificate present, but not private key",
+         "the server wants a client certificate: set ssl_cert and ssl_key (a key file of mode 0600) for login_user"),
         (r"password authentication failed|no password supplied|authentication failed", "check login_user/login_password"),
         (r"database \".*\" does not exist", "check the db name (or create the database)"),
         (r"Connection refused|No such file or directory.*socket|could not connect|server closed the connection|"
@@ -120,6 +124,10 @@ class PgTools(object):
             self.conn_env["PGSSLMODE"] = params["ssl_mode"]
         if params.get("ca_cert"):
             self.conn_env["PGSSLROOTCERT"] = params["ca_cert"]
+        if params.get("ssl_cert"):
+            self.conn_env["PGSSLCERT"] = params["ssl_cert"]
+        if params.get("ssl_key"):
+            self.conn_env["PGSSLKEY"] = params["ssl_key"]
 
     @property
     def container(self):

@@ -219,13 +219,15 @@ def test_unix_socket_wins_and_options_override_inherited_variables(monkeypatch):
 
 def test_ssl_settings_travel_in_the_environment_only(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/" + name)
-    params = dict(PARAMS, ssl_mode="verify-full", ca_cert="/etc/minimarket/pg-ca.crt")
+    params = dict(PARAMS, ssl_mode="verify-full", ca_cert="/etc/minimarket/pg-ca.crt", ssl_cert="/etc/minimarket/backup.crt",
+                  ssl_key="/etc/minimarket/backup.key")
     env = PgTools(params).environ_update()
     assert env["PGSSLMODE"] == "verify-full" and env["PGSSLROOTCERT"] == "/etc/minimarket/pg-ca.crt"
+    assert env["PGSSLCERT"] == "/etc/minimarket/backup.crt" and env["PGSSLKEY"] == "/etc/minimarket/backup.key"
     for tools in (PgTools(params), PgTools(dict(params, container="inventario-retail_postgres_1"))):
         argv = " ".join(tools.argv("pg_dump", ["-d", "shop"]))
-        assert "verify-full" not in argv and "pg-ca.crt" not in argv and "sslmode" not in argv
-    assert "-e PGSSLMODE -e PGSSLROOTCERT" in " ".join(PgTools(dict(params, container="c")).argv("psql", []))
+        assert "verify-full" not in argv and "pg-ca.crt" not in argv and "sslmode" not in argv and "backup.k" not in argv
+    assert "-e PGSSLCERT -e PGSSLKEY -e PGSSLMODE -e PGSSLROOTCERT" in " ".join(PgTools(dict(params, container="c")).argv("psql", []))
     assert "PGSSLMODE" not in PgTools(PARAMS).environ_update()
 
 
