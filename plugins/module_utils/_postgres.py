@@ -21,7 +21,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._process import 
 SENTINEL = "__minimarket_backup_done__"
 FIELD_SEP = "\x1f"
 
-# Spool stdin to a temp file first: pg_restore -j needs a seekable archive.
 # pg_restore -j needs a file it can reopen and seek: stdin goes into a temp file that is unlinked as soon as it is
 # open, and the tool (exec'd, so killing it leaves nothing behind) reopens it as /dev/fd/3.
 SPOOL_SCRIPT = 'f=$(mktemp) || exit 70; exec 3<>"$f" || exit 70; rm -f "$f"; cat >&3 || exit 71; exec "$@" /dev/fd/3'
