@@ -6,10 +6,9 @@ The dump records these facts and restore and verify compare a copy against them,
 """
 
 import json
-import queue
-import threading
 
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._parallel import drain
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import FORMAT_1
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import quote_ident, quote_literal
 
@@ -176,40 +175,18 @@ def compare_contents(tools, dbname, metadata, jobs=1, analyze=False):
 
 def _run_in_sessions(tools, dbname, tasks, workers, snapshot, own):
     """ANALYZE and count each (schema, name, analyze, count) task in ``workers`` sessions; returns {schema.table: rows}."""
-    todo = queue.Queue()
-    for task in tasks:
-        todo.put(task)
     counts = {}
-    failures = []
 
-    def worker():
-        session = None
-        try:
-            while not failures:
-                try:
-                    schema, name, analyze_it, count_it = todo.get_nowait()
-                except queue.Empty:
-                    return
-                session = session or tools.session(dbname)
-                relation = "%s.%s" % (quote_ident(schema), quote_ident(name))
-                if analyze_it:
-                    session.query("ANALYZE %s;" % relation, what="analyzing %s" % table_name(schema, name))
-                if count_it:
-                    rows = session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSET TRANSACTION SNAPSHOT %s;\n"
-                                         "SELECT count(*) FROM %s%s;\nCOMMIT;" % (quote_literal(snapshot), "ONLY " if own else "", relation),
-                                         what="counting rows of %s" % table_name(schema, name))
-                    counts[table_name(schema, name)] = int(rows[0][0])
-        except BaseException as exc:  # the first failure stops everyone; the caller re-raises it
-            failures.append(exc)
-        finally:
-            if session is not None:
-                session.close()
+    def run(session, task, _abort):
+        schema, name, analyze_it, count_it = task
+        relation = "%s.%s" % (quote_ident(schema), quote_ident(name))
+        if analyze_it:
+            session.query("ANALYZE %s;" % relation, what="analyzing %s" % table_name(schema, name))
+        if count_it:
+            rows = session.query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY;\nSET TRANSACTION SNAPSHOT %s;\n"
+                                 "SELECT count(*) FROM %s%s;\nCOMMIT;" % (quote_literal(snapshot), "ONLY " if own else "", relation),
+                                 what="counting rows of %s" % table_name(schema, name))
+            counts[table_name(schema, name)] = int(rows[0][0])
 
-    threads = [threading.Thread(target=worker) for _worker in range(min(workers, len(tasks)))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+    drain(tasks, workers, run, setup=lambda: tools.session(dbname), teardown=lambda session: session.close())
     return counts

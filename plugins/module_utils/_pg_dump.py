@@ -10,9 +10,7 @@ each table's rows counted in its own COPY stream (see CopyRowCounter).
 import collections
 import json
 import os
-import queue
 import socket
-import threading
 import time
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
@@ -29,6 +27,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._files import (
     remove_stale_partials,
     write_metadata,
 )
+from ansible_collections.minimarket.backup.plugins.module_utils._parallel import drain
 from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import (
     EXTENSIONS,
     CompressedSink,
@@ -47,7 +46,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_format impor
     ARCHIVE_FORMAT,
     COLLECTION_VERSION,
     KIND,
-    Aborted,
     ArchiveWriter,
     CopyRowCounter,
 )
@@ -286,31 +284,11 @@ def _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, 
 
 def _write_tables(tools, writer, tables, first, workers):
     """Every table's data by ``workers`` threads; ``first`` are the pg_dumps of the first tables, already running."""
-    tasks = queue.Queue()
-    for table in tables:
-        tasks.put(table)
     running = dict((process.stream, process) for process in first)
-    abort = threading.Event()
-    failures = []
 
-    def worker():
-        while not abort.is_set():
-            try:
-                stream, args, extra, end_search = tasks.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                process = running.pop(stream, None) or DumpProcess(tools, stream, args, extra, CopyRowCounter(end_search))
-                process.copy(writer, abort)
-            except BaseException as exc:  # the first failure stops everyone; the main thread re-raises
-                failures.append(exc)
-                abort.set()
-                return
+    def copy(_state, table, abort):
+        stream, args, extra, end_search = table
+        process = running.pop(stream, None) or DumpProcess(tools, stream, args, extra, CopyRowCounter(end_search))
+        process.copy(writer, abort)
 
-    threads = [threading.Thread(target=worker) for _worker in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise ([f for f in failures if not isinstance(f, Aborted)] or failures)[0]
+    drain(tables, workers, copy)
