@@ -256,6 +256,18 @@ def _created(metadata):
         tzinfo=datetime.timezone.utc).timestamp()
 
 
+def compose_command():
+    """``docker compose`` (v2) when it works, else ``docker-compose`` (v1); found and probed like every other child."""
+    docker = shutil.which("docker")
+    if docker and run([docker, "compose", "version"])[0] == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy]
+    raise BackupError("neither 'docker compose' nor 'docker-compose' works on this host: install the docker compose plugin "
+                      "or docker-compose")
+
+
 def _compose_config(compose, project, compose_file):
     """The environment's compose file resolved by compose itself (v2 prints JSON; v1 YAML, read with PyYAML)."""
     base = compose + ["--project-name", project, "--file", compose_file, "config"]

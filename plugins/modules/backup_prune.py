@@ -59,6 +59,8 @@ options:
     description:
       - The old way to name the set, C(<kind>_<environment>_), for example C(database_production_); still accepted.
         Use O(kind) and O(environment) instead (mutually exclusive with them).
+      - Also mutually exclusive with an O(environment) that C(module_defaults) gives the play through
+        C(group/minimarket.backup.backup_set); in such a play, name the set with O(kind).
     type: str
 extends_documentation_fragment:
   - minimarket.backup.retention

@@ -322,7 +322,7 @@ src:
   type: str
   sample: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
 backup:
-  description: The backup restored or checked, as the operator confirms it before a restore.
+  description: The backup restored or verified, as the operator confirms it before a restore.
   returned: state=restore, or state=verify in check mode
   type: dict
   contains:

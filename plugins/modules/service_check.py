@@ -156,17 +156,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary impo
 )
 
 
-def compose_command(module):
-    """``docker compose`` (v2) when it works, else ``docker-compose`` (v1)."""
-    docker = module.get_bin_path("docker")
-    if docker and module.run_command([docker, "compose", "version"])[0] == 0:
-        return [docker, "compose"]
-    legacy = module.get_bin_path("docker-compose")
-    if legacy:
-        return [legacy]
-    module.fail_json(msg="neither 'docker compose' nor 'docker-compose' works on this host: install the docker compose plugin")
-
-
 def main():
     argument_spec = dict(
         state=dict(type="str", default="scratch", choices=["scratch", "live"]),
@@ -202,7 +191,7 @@ def main():
         if p["state"] == "live":
             result = sc.live(engine, p["compose_project"], p["checks"], p["src"], p["backup_dir"], p["environment"], p["timeout"])
         else:
-            result = sc.scratch(engine, compose_command(module), p["compose_project"], p["compose_file"], p["checks"], p["src"],
+            result = sc.scratch(engine, sc.compose_command(), p["compose_project"], p["compose_file"], p["checks"], p["src"],
                                 p["backup_dir"], p["environment"], p["age_identity_file"], p["timeout"])
     except BackupError as exc:
         module.fail_json(msg=str(exc), project=p["compose_project"], services=sc.not_asked(specs, exc))

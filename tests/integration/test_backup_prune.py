@@ -36,6 +36,27 @@ def run_module(args, *flags):
     return proc.returncode, output["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
 
+def run_in_play(args, group_environment, tmp_path):
+    """The module as a task of a play whose module_defaults give group/minimarket.backup.backup_set an environment."""
+    playbook = tmp_path / "prune.yml"
+    playbook.write_text(json.dumps([dict(
+        name="Prune under the group's environment", hosts="localhost", gather_facts=False,
+        module_defaults={"group/minimarket.backup.backup_set": dict(environment=group_environment)},
+        tasks=[{"name": "Prune", "minimarket.backup.backup_prune": args}])]))
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=os.path.join(REPO_ROOT, "ansible.cfg"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+    )
+    proc = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    output = json.loads(proc.stdout)
+    return proc.returncode, output["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
 def name(when, suffix=".tar.gz"):
     return "database_production_%s%s" % (when.strftime("%Y%m%d_%H%M%S"), suffix)
 
@@ -157,6 +178,30 @@ def test_kind_and_environment_name_the_set_as_prefix_did(tmp_path):
     rc, both = run_module(dict(policy, backup_dir=directories[1].path, kind="database", environment="production",
                                prefix="database_production_"))
     assert rc != 0 and "mutually exclusive" in both["msg"] and "\n" not in both["msg"]
+
+
+def test_the_environment_of_the_backup_set_group_names_the_set(tmp_path):
+    """In group/minimarket.backup.backup_set, backup_prune takes the play's environment; prefix beside it is refused."""
+    now = utc_now()
+    os.mkdir(tmp_path / "backups")
+    staging = BackupDir(tmp_path / "backups", environment="staging")
+    production = BackupDir(tmp_path / "backups", environment="production")
+    for age in range(1, 6):
+        staging.complete(now - age * DAY)
+        production.complete(now - age * DAY)
+    before = production.snapshot()
+    rc, refused = run_in_play(dict(backup_dir=staging.path, prefix="database_staging_", retention_days=2, keep_last=0),
+                              "staging", tmp_path)
+    assert rc != 0 and refused["msg"] == "parameters are mutually exclusive: prefix|environment", refused
+    assert staging.snapshot() == before
+    rc, result = run_in_play(dict(backup_dir=staging.path, kind="database", retention_days=2, keep_last=0), "staging", tmp_path)
+    assert rc == 0, result
+    assert sorted(d["name"] for d in result["deleted"]) == sorted(
+        name(now - age * DAY).replace("production", "staging") for age in range(2, 6))
+    assert [n for n in staging.snapshot() if n.startswith("database_staging_")] == [
+        name(now - DAY).replace("production", "staging"), name(now - DAY, "_metadata.json").replace("production", "staging")]
+    assert dict((n, v) for n, v in production.snapshot().items() if "production" in n) == dict(
+        (n, v) for n, v in before.items() if "production" in n)
 
 
 def test_missing_directory_fails(tmp_path):

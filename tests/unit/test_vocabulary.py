@@ -175,3 +175,32 @@ def test_a_missing_option_fails_in_one_line_naming_it_before_anything_runs(name,
     """No silent default: the module stops first thing, naming what is missing and the fix."""
     result = run_module(args, module=os.path.join(ROOT, "plugins", "modules", name + ".py"))
     assert result["_rc"] == 1 and result["msg"] == message, result
+
+
+def action_groups_table():
+    """{group: (modules, options)} from the README's table of the action groups."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    start = lines.index("| group | modules | options they share |")
+    groups = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        group, listed, options = [cell.strip() for cell in line.strip("|").split("|")]
+        groups[names(group)[0][0].split(".")[-1]] = (set(n for n, unused in names(listed)), set(n for n, unused in names(options)))
+    return groups
+
+
+def test_each_action_group_holds_exactly_the_modules_that_take_its_options(modules):
+    """ansible-core hands every option of a group's module_defaults to every module of the group, and a module fails on
+    an option it does not take; a module that takes them all but is left out silently gets none of them."""
+    with open(os.path.join(ROOT, "meta", "runtime.yml"), encoding="utf-8") as handle:
+        runtime = yaml.safe_load(handle)["action_groups"]
+    documented_groups = action_groups_table()
+    assert set(runtime) == set(documented_groups), "README's table of action groups and meta/runtime.yml differ"
+    for group, members in runtime.items():
+        listed, options = documented_groups[group]
+        assert set(members) == listed, "group %s: meta/runtime.yml has %s, README lists %s" % (group, sorted(members), sorted(listed))
+        takers = set(name for name in MODULES if options <= set(modules[name][0]["argument_spec"]))
+        assert set(members) == takers, "group %s (%s): the modules taking all of them are %s, the group holds %s" % (
+            group, ", ".join(sorted(options)), sorted(takers), sorted(members))
