@@ -59,7 +59,7 @@ class StreamLoader(object):
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
         if self.loaded is not None and not broken and self.proc.wait() == 0:
-            self.loaded(self.stream)
+            self.loaded(self.stream, sum(chunk["size"] for chunk in self.chunks))
 
     def put(self, seq, data, member):
         if seq != self.next_seq:
@@ -174,14 +174,19 @@ def member_data(tar, member):
 
 
 def _read_members(tools, reader, target, active, finished, name):
-    """Dispatch each chunk to its stream's loader; table data streams run concurrently, the rest in order."""
+    """Dispatch each chunk to its stream's loader; table data streams run concurrently, the rest in order.
+
+    ``target`` is (dbname, jobs, archive_format, post); ``post`` (a PostData, format 3) builds
+    each table's indexes as its data comes in.
+    """
+    post = target[-1]
     in_data = False
     tar = tarfile.open(fileobj=reader, mode="r|")
     for member in tar:
         if not member.isfile():
             raise BackupError("archive member %s is not a regular file: %s is not a pg_split_dump backup" % (member.name, name))
-        if target[-1]:
-            target[-1].check()
+        if post:
+            post.check()
         data = member_data(tar, member)
         if member.name == MANIFEST:
             _finish_data(active, finished)
@@ -200,8 +205,7 @@ def _read_members(tools, reader, target, active, finished, name):
                 raise BackupError("archive stream %s appears twice: the archive is damaged, use another backup" % stream)
             if not finished and not active and stream != "schema.sql":
                 raise BackupError("archive does not start with schema.sql: %s is not a pg_split_dump backup" % name)
-            post = target[-1]
-            if post and is_data and post.groups is None:
+            if post and is_data and not post.started:
                 if not (POST_DATA in finished and TABLES in finished):
                     raise BackupError("archive %s has table data before a complete %s and %s: the archive is damaged, use another backup"
                                       % (name, POST_DATA, TABLES))

@@ -2,18 +2,18 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Post-data restored as ``pg_restore -j`` does inside one run: a table's indexes are built as soon as its data is in.
 
-A restore that builds every index after all the data leaves one core idle
-while the last big tables load.  The dump records which table each index and
-primary key, unique or exclusion constraint belongs to (``post-data-tables.json``,
-keyed by the catalog ids ``pg_restore -l`` prints), and writes both ahead of
-the data; the restore then runs a table's items (``pg_restore -L``) while other
-tables still load, and everything else (foreign keys, triggers, items that
-depend on other items, comments) once all the data is in, with ``pg_restore -j``.
+A restore that builds every index and checks every foreign key after all the
+data leaves one core idle while the last big tables load, and again while the
+last foreign key is checked.  The dump records which table each index and
+constraint belongs to (``post-data-tables.json``, keyed by the catalog ids
+``pg_restore -l`` prints) and writes both ahead of the data.  The restore runs
+an item (``pg_restore -L``) once its table's data is in and the items it
+depends on are done (a foreign key waits for the key it references), and
+everything else (triggers, partition indexes, comments, materialized views)
+once all the data is in, with ``pg_restore -j``.
 """
 
-import contextlib
 import json
-import queue
 import re
 import tempfile
 import threading
@@ -25,18 +25,22 @@ from ansible_collections.minimarket.backup.plugins.module_utils._process import 
 POST_DATA = "post-data.dump"
 TABLES = "post-data-tables.json"
 
-# Indexes and the constraints that build one, with the table they belong to ("catalog oid" as pg_restore -l prints it).
+# Indexes and constraints with the table they belong to ("catalog oid" as pg_restore -l prints it); a foreign key
+# belongs to the table it checks.
 ITEM_TABLES = """
 SELECT to_json(n.nspname), to_json(c.relname), o.catalog::text || ' ' || o.oid::text
 FROM (SELECT 'pg_class'::regclass::oid AS catalog, indexrelid AS oid, indrelid AS rel FROM pg_index
-      UNION ALL SELECT 'pg_constraint'::regclass::oid, oid, conrelid FROM pg_constraint WHERE contype IN ('p', 'u', 'x')) o
+      UNION ALL SELECT 'pg_constraint'::regclass::oid, oid, conrelid FROM pg_constraint WHERE contype IN ('p', 'u', 'x', 'f')) o
 JOIN pg_class c ON c.oid = o.rel AND c.relkind = 'r'
 JOIN pg_namespace n ON n.oid = c.relnamespace;
 """
 TOC_ENTRY = re.compile(r"^(\d+); (\d+) (\d+) (.*)$")
 DEPENDS = ";\tdepends on:"
-# The pg_restore -l descriptions of the items a table owns alone, with their catalog.
-OWN_ITEMS = (("1259", "INDEX "), ("2606", "CONSTRAINT "))
+# The pg_restore -l descriptions of the items that belong to a table, with their catalog.
+TABLE_ITEMS = (("1259", "INDEX "), ("2606", "CONSTRAINT "), ("2606", "FK CONSTRAINT "))
+# Items of tables smaller than this run together in one pg_restore (each costs a start-up, a docker exec in
+# container mode), up to this much table data per pg_restore; a bigger table's items run one by one, side by side.
+BATCH_BYTES = 16 * 1024 * 1024
 
 
 def item_tables(session):
@@ -69,25 +73,35 @@ def parse_toc(text):
 
 
 def plan(entries, owners):
-    """({data stream: [dump ids]}, [the other dump ids]): a table's own indexes and constraints, whose dependencies are all its own too."""
-    group_of = {}
-    groups = {}
+    """([(dump id, data stream, [dependency ids], exclusive)], [the other dump ids]) in TOC order.
+
+    An item runs with its table when it belongs to one and every item it depends
+    on does too (an index of a partition waits for its parent's, so it waits for
+    all). A constraint is ``exclusive``: adding it locks its table against any
+    other item, where indexes of one table build side by side.
+    """
+    bound = []
+    bound_ids = set()
     rest = []
     for dump_id, key, desc, deps in entries:
         stream = owners.get(key)
-        own = stream is not None and any(key.startswith(catalog + " ") and desc.startswith(prefix) for catalog, prefix in OWN_ITEMS)
-        if own and all(group_of.get(dep) == stream for dep in deps):
-            group_of[dump_id] = stream
-            groups.setdefault(stream, []).append(dump_id)
+        own = stream is not None and any(key.startswith(catalog + " ") and desc.startswith(prefix) for catalog, prefix in TABLE_ITEMS)
+        if own and all(dep in bound_ids for dep in deps):
+            bound.append((dump_id, stream, list(deps), not desc.startswith("INDEX ")))
+            bound_ids.add(dump_id)
         else:
             rest.append(dump_id)
-    return groups, rest
+    return bound, rest
 
 
 class PostData(object):
-    """The post-data of one restore: spooled as it arrives, a table's items run once its data is loaded, the rest at the end.
+    """The post-data of one restore: spooled as it arrives, an item run once its table is loaded and its dependencies done.
 
-    Both spools are anonymous temporary files: a killed run leaves no file behind.
+    Like ``pg_restore -j``, ``jobs`` workers take the items of the biggest table
+    first, never two on one table when one is a constraint (they would wait on
+    each other's lock); the items of small tables go together, a pg_restore each
+    costing a start-up. Both spools are anonymous temporary files: a killed run
+    leaves no file behind.
     """
 
     def __init__(self, tools, dbname, jobs):
@@ -95,14 +109,21 @@ class PostData(object):
         self.dbname = dbname
         self.jobs = max(1, jobs)
         self.spools = {}
-        self.groups = None
-        self.rest = None
+        self.started = False
         self.dump = b""
         self.names = {}
-        self.ready = queue.Queue()
-        self.queued = set()
+        self.waiting = []
+        self.rest = []
+        self.position = {}
+        self.table_of = {}
+        self.sizes = {}
+        self.done = set()
+        self.queue = []
+        self.locks = {}
+        self.busy = 0
         self.running = set()
-        self.lock = threading.Lock()
+        self.stopping = False
+        self.ready = threading.Condition()
         self.failures = []
         self.workers = []
 
@@ -119,9 +140,10 @@ class PostData(object):
         return spool.read()
 
     def start(self):
-        """Once both spools are complete (before any table data): read the TOC, group it by table, start the workers."""
-        if self.groups is not None:
+        """Once both spools are complete (before any table data): read the TOC, plan it, start the workers."""
+        if self.started:
             return
+        self.started = True
         self.dump = self._read(POST_DATA) or b""
         owners = json.loads((self._read(TABLES) or b"{}").decode("utf-8"))
         self.names = owners.get("tables", {})
@@ -130,51 +152,121 @@ class PostData(object):
             rc, text, err = run(self.tools.argv("pg_restore", ["-l", "-v"], spool_stdin=True), data=self.dump, env=self.tools.environ_update())
             if rc != 0:
                 raise BackupError(explain(err, "listing %s" % POST_DATA, rc, self.tools.container))
-        self.groups, self.rest = plan(parse_toc(text), owners.get("items", {}))
+        entries = parse_toc(text)
+        self.position = dict((entry[0], index) for index, entry in enumerate(entries))
+        self.waiting, self.rest = plan(entries, owners.get("items", {}))
+        self.table_of = dict((item[0], item[1]) for item in self.waiting)
         self.workers = [threading.Thread(target=self._work) for _worker in range(self.jobs)]
         for worker in self.workers:
             worker.daemon = True
             worker.start()
 
-    def loaded(self, stream):
-        """A table's data is committed: its indexes may be built now (called from the loader's thread)."""
-        with self.lock:
-            if self.groups is not None and stream in self.groups and stream not in self.queued:
-                self.queued.add(stream)
-                self.ready.put(stream)
+    def loaded(self, stream, size):
+        """A table's data (``size`` bytes) is committed: its items may run now (called from the loader's thread)."""
+        with self.ready:
+            self.sizes.setdefault(stream, size)
+            self.release()
+
+    def release(self):
+        """Queue every waiting item whose table is loaded and whose dependencies are done (the caller holds the lock).
+
+        An item locks its own table and those of the items it depends on: a foreign
+        key locks the table it references too.
+        """
+        waiting = []
+        for item in self.waiting:
+            dump_id, stream, deps, exclusive = item
+            if stream in self.sizes and all(dep in self.done for dep in deps):
+                tables = sorted(set([stream] + [self.table_of[dep] for dep in deps]))
+                self.queue.append((self.sizes[stream], dump_id, stream, exclusive, tables))
+            else:
+                waiting.append(item)
+        if len(waiting) < len(self.waiting):
+            self.waiting = waiting
+            self.queue.sort(key=lambda item: (-item[0], self.position.get(item[1], 0)))
+            self.ready.notify_all()
 
     def check(self):
         """Raise a table's failed items now, not after the rest of the data has loaded for nothing."""
         if self.failures:
             raise self.failures[0]
 
+    def _conflicts(self, tables, exclusive):
+        """Whether another running pg_restore holds a lock on one of the tables that this item's would wait for."""
+        for table in tables:
+            shared, exclusive_held = self.locks.get(table, (0, 0))
+            if (shared or exclusive_held) and (exclusive or exclusive_held):
+                return True
+        return False
+
+    def _lock(self, taken, step):
+        for table in set(table for item in taken for table in item[4]):
+            shared, exclusive = self.locks.get(table, (0, 0))
+            if any(item[3] for item in taken if table in item[4]):
+                exclusive += step
+            else:
+                shared += step
+            self.locks[table] = (shared, exclusive)
+
+    def take(self):
+        """The biggest ready item its table's locks allow, with small ones up to BATCH_BYTES; None once stopped and drained."""
+        with self.ready:
+            while not self.failures:
+                taken = []
+                total = 0
+                for item in list(self.queue):
+                    size, _dump_id, _stream, exclusive, tables = item
+                    if taken and (total >= BATCH_BYTES or size >= BATCH_BYTES):
+                        break
+                    if not self._conflicts(tables, exclusive):
+                        taken.append(item)
+                        total += size
+                        self.queue.remove(item)
+                        if size >= BATCH_BYTES:
+                            break
+                if taken:
+                    self._lock(taken, 1)
+                    self.busy += 1
+                    return taken
+                if self.stopping and not self.busy:
+                    return None
+                self.ready.wait()
+            return None
+
     def _work(self):
         while True:
-            streams = [self.ready.get()]
-            if streams[0] is None:
+            taken = self.take()
+            if taken is None:
                 return
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    more = self.ready.get_nowait()
-                    if more is None:
-                        self.ready.put(None)
-                        break
-                    streams.append(more)
-            if self.failures:
-                continue
-            ids = [dump_id for stream in streams for dump_id in self.groups[stream]]
+            streams = sorted(set(item[2] for item in taken))
+            failure = None
             try:
-                self._restore(ids, ["--exit-on-error"], "the indexes and constraints of %s"
+                self._restore([item[1] for item in taken], ["--exit-on-error"], "the indexes and constraints of %s"
                               % ", ".join(self.names.get(stream, stream) for stream in streams))
-            except BaseException as exc:  # reported by finish() or superseded by the error that killed the restore
-                self.failures.append(exc)
+            except BaseException as exc:  # reported by check() or superseded by the error that killed the restore
+                failure = exc
+            self.finished(taken, failure)
+            if failure is not None:
+                return
+
+    def finished(self, taken, failure=None):
+        """A worker's pg_restore of ``taken`` ended: free its locks, and queue what waited for it (or stop everyone)."""
+        with self.ready:
+            self.busy -= 1
+            self._lock(taken, -1)
+            if failure is not None:
+                self.failures.append(failure)
+            else:
+                self.done.update(item[1] for item in taken)
+                self.release()
+            self.ready.notify_all()
 
     def _restore(self, ids, options, what):
         proc = self.tools.start("pg_restore", options + ["--no-password", "-d", self.dbname], stdin=PIPE, stdout=DEVNULL, toc_ids=ids)
-        with self.lock:
+        with self.ready:
             self.running.add(proc)
             if self.failures:
-                proc.kill()  # kill() came between this worker's check and the start
+                proc.kill()  # kill() came between this worker's take and the start
         try:
             with proc:
                 try:
@@ -186,30 +278,35 @@ class PostData(object):
                 if rc != 0:
                     raise BackupError(explain(proc.stderr(), "restoring %s" % what, rc, self.tools.container))
         finally:
-            with self.lock:
+            with self.ready:
                 self.running.discard(proc)
 
     def finish(self):
-        """After all the data: the tables' items not yet run, then everything else with ``pg_restore -j``."""
+        """After all the data: the items still to run, then everything else with ``pg_restore -j``."""
         self.start()
-        for stream in self.groups:
-            self.loaded(stream)
+        with self.ready:
+            for item in self.waiting:
+                self.sizes.setdefault(item[1], 0)  # its data never came: the manifest check says so after
+            self.release()
         self._stop()
         self.check()
-        if self.rest:
-            self._restore(self.rest, ["--exit-on-error", "-j", str(self.jobs)], POST_DATA)
+        rest = sorted(self.rest + [item[0] for item in self.waiting], key=self.position.get)
+        if rest:
+            self._restore(rest, ["--exit-on-error", "-j", str(self.jobs)], POST_DATA)
 
     def _stop(self):
-        for _worker in self.workers:
-            self.ready.put(None)
+        with self.ready:
+            self.stopping = True
+            self.ready.notify_all()
         for worker in self.workers:
             worker.join()
         self.workers = []
 
     def kill(self):
         """An error stopped the restore: stop the workers and their pg_restore now."""
-        with self.lock:
+        with self.ready:
             self.failures.append(BackupError("stopped"))
+            self.ready.notify_all()
             running = list(self.running)
         for proc in running:
             proc.kill()

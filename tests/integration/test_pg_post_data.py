@@ -122,25 +122,28 @@ def test_each_table_owns_its_indexes_and_everything_else_waits(pg_server, backup
                              capture_output=True, check=True).stdout.decode("utf-8")
     entries = post_data.parse_toc(listing)
     owners = json.loads(stream_bytes(members, "post-data-tables.json"))
-    groups, rest = post_data.plan(entries, owners["items"])
+    bound, rest = post_data.plan(entries, owners["items"])
     desc = dict((dump_id, text.rsplit(" ", 1)[0]) for dump_id, _key, text, _deps in entries)
     table_of = dict((stream, entry["table"]) for stream, entry in manifest["streams"].items() if entry["kind"] == "table-data")
-    planned = dict((table_of[stream], sorted(desc[dump_id] for dump_id in ids)) for stream, ids in groups.items())
-    assert planned == {
-        "public.grande": ["CONSTRAINT public grande grande_pkey"],
-        "public.chica ñ": ["CONSTRAINT public chica ñ chica ñ_código_key", "CONSTRAINT public chica ñ chica ñ_pkey",
-                           "INDEX public chica ñ_expr"],
-        "public.pedido": ["CONSTRAINT public pedido pedido_periodo_excl", "CONSTRAINT public pedido pedido_pkey"],
+    planned = {}
+    for dump_id, stream, deps, exclusive in bound:
+        assert exclusive == (not desc[dump_id].startswith("INDEX "))
+        planned.setdefault(table_of[stream], []).append((desc[dump_id], sorted(desc[dep] for dep in deps)))
+    assert dict((table, sorted(items)) for table, items in planned.items()) == {
+        "public.grande": [("CONSTRAINT public grande grande_pkey", [])],
+        "public.chica ñ": [("CONSTRAINT public chica ñ chica ñ_código_key", []), ("CONSTRAINT public chica ñ chica ñ_pkey", []),
+                           ("INDEX public chica ñ_expr", [])],
+        "public.pedido": [("CONSTRAINT public pedido pedido_periodo_excl", []), ("CONSTRAINT public pedido pedido_pkey", []),
+                          ("FK CONSTRAINT public pedido pedido_chica_id_fkey", ["CONSTRAINT public chica ñ chica ñ_pkey"])],
     }
     assert owners["tables"] == table_of
     waiting = sorted(desc[dump_id] for dump_id in rest if not desc[dump_id].split(" ")[0] in ("ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE"))
-    assert waiting == ['COMMENT public INDEX "chica ñ_expr"', "FK CONSTRAINT public pedido pedido_chica_id_fkey",
-                       "INDEX ATTACH public venta_1_id_idx", "INDEX public venta_1_id_idx", "INDEX public venta_id",
-                       "TRIGGER public pedido pedido_nada"]
+    assert waiting == ['COMMENT public INDEX "chica ñ_expr"', "INDEX ATTACH public venta_1_id_idx", "INDEX public venta_1_id_idx",
+                       "INDEX public venta_id", "TRIGGER public pedido pedido_nada"]
 
 
 def test_small_tables_are_indexed_while_the_big_one_still_loads(pg_server, backup_dir, dropped_databases):
-    """Commit times in the restored copy: the small tables' indexes were in before the big table's data was."""
+    """Commit times in the restored copy: the small tables' indexes and foreign key were in before the big table's data was."""
     db = source_db(pg_server, dropped_databases)
     result = dump(pg_server, db, backup_dir)
     target = unique("mm_post_copy")
@@ -155,6 +158,8 @@ def test_small_tables_are_indexed_while_the_big_one_still_loads(pg_server, backu
     big_data = pg_server.execute("SELECT pg_xact_commit_timestamp(xmin) FROM grande LIMIT 1", target)[0][0]
     assert committed["chica ñ_pkey"] < big_data and committed["chica ñ_expr"] < big_data and committed["pedido_pkey"] < big_data
     assert committed["grande_pkey"] > big_data
+    checked = pg_server.execute("SELECT pg_xact_commit_timestamp(xmin) FROM pg_constraint WHERE conname = 'pedido_chica_id_fkey'", target)[0][0]
+    assert committed["chica ñ_pkey"] < checked < big_data
     assert pg_server.execute("SELECT obj_description('\"chica ñ_expr\"'::regclass, 'pg_class')", target) == [("por código",)]
 
 
