@@ -8,9 +8,9 @@ An outer tar, streamed through the compressor, never staged:
 * ``schema.sql``      plain ``pg_dump --schema-only`` for humans and diffs;
 * ``pre-data.dump``   custom-format pre-data section (types, tables, functions...);
 * ``post-data.dump``  custom-format post-data section (indexes, constraints,
-  triggers), and ``post-data-tables.json``, the table each index belongs to:
-  ahead of the data, so that a table's indexes are built as soon as its data is
-  in (see _pg_post_data);
+  triggers), and ``post-data-tables.json``, the table each index and constraint
+  belongs to: ahead of the data, so that a table's indexes are built as soon as
+  its data is in (see _pg_post_data);
 * ``globals.sql``     optional ``pg_dumpall --globals-only``;
 * ``data/NNNN.sql``   one plain data-only ``pg_dump -t`` per table (COPY), dumped by
   ``jobs`` parallel workers, all attached to one exported snapshot;
