@@ -29,6 +29,8 @@ SERVER_SETTINGS = {
     "max_wal_senders": "4",
     "timezone": "'UTC'",
     "log_min_messages": "warning",
+    # Commit times show which restore step finished first (tests/integration/test_pg_post_data.py).
+    "track_commit_timestamp": "on",
 }
 
 

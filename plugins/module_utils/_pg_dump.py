@@ -8,6 +8,7 @@ each table's rows counted in its own COPY stream (see CopyRowCounter).
 """
 
 import collections
+import io
 import json
 import os
 import socket
@@ -50,6 +51,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_format impor
     CopyRowCounter,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_globals import dump_globals
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_post_data import POST_DATA, TABLES, item_tables, tables_stream
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import dump_pattern, explain, quote_literal
 from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, widen_pipe
 
@@ -122,7 +124,8 @@ def snapshot_facts(session, db):
     snapshot = session.query("SELECT pg_export_snapshot();", what="exporting the snapshot")[0][0]
     relations = list_relations(session, "listing tables")
     from_start = set((json.loads(schema), json.loads(name)) for schema, name in session.query(SEARCH_FROM_START, what="listing sequences"))
-    relations = [(schema, name, pages, (schema, name) not in from_start) for schema, name, pages in relations]
+    items = item_tables(session)
+    relations = [(schema, name, pages, (schema, name) not in from_start, items.get((schema, name), [])) for schema, name, pages in relations]
     objects = dict((k, int(v)) for k, v in session.query(OBJECT_COUNTS, what="counting objects"))
     props = json.loads(session.query(DATABASE_PROPERTIES % quote_literal(db), what="reading database properties")[0][0])
     return snapshot, relations, objects, props
@@ -252,29 +255,32 @@ def _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, 
         widen_pipe(sink.tee_fd())
     base = ["--snapshot=" + snapshot, "--no-password", "-d", db]
     # Not a "*.*" pattern: that would also drop the values of sequences no table owns.
-    excluded = ["--exclude-table-data=" + dump_pattern(schema, name) for schema, name, _pages, _end_search in relations]
+    excluded = ["--exclude-table-data=" + dump_pattern(schema, name) for schema, name, _pages, _end_search, _items in relations]
     # Biggest tables first so the last worker does not start a giant alone.
+    ordered = sorted(relations, key=lambda r: -r[2])
     tables = [("data/%04d.sql" % index, base + ["--data-only", "-t", dump_pattern(schema, name)],
                {"kind": "table-data", "table": table_name(schema, name)}, end_search)
-              for index, (schema, name, _pages, end_search) in enumerate(sorted(relations, key=lambda r: -r[2]))]
+              for index, (schema, name, _pages, end_search, _items) in enumerate(ordered)]
+    owners = tables_stream((stream, extra["table"], relation[4]) for (stream, _args, extra, _end), relation in zip(tables, ordered))
     workers = max(1, min(jobs, len(relations)))
     started = []
     try:
         # Every pg_dump needed first starts at once (see DumpProcess): the sections are small, the first tables wait their turn.
         for stream, args, kind in (("schema.sql", ["--schema-only"], "schema"), ("pre-data.dump", ["-Fc", "--section=pre-data"], "pre-data"),
-                                   ("misc-data.dump", ["-Fc", "--data-only"] + excluded, "misc-data"),
-                                   ("post-data.dump", ["-Fc", "--section=post-data"], "post-data")):
+                                   (POST_DATA, ["-Fc", "--section=post-data"], "post-data"),
+                                   ("misc-data.dump", ["-Fc", "--data-only"] + excluded, "misc-data")):
             started.append(DumpProcess(tools, stream, base + args, {"kind": kind}))
         for stream, args, extra, end_search in tables[:workers]:
             started.append(DumpProcess(tools, stream, args, extra, CopyRowCounter(end_search)))
-        schema, pre_data, misc_data, post_data = started[:4]
+        schema, pre_data, post_data, misc_data = started[:4]
         schema.copy(writer)
         pre_data.copy(writer)
+        post_data.copy(writer)
+        writer.copy_stream(TABLES, io.BytesIO(owners), {"kind": "post-data-tables"})
         if include_globals:
             dump_globals(tools, writer)
         _write_tables(tools, writer, tables, started[4:], workers)
         misc_data.copy(writer)
-        post_data.copy(writer)
     except BaseException:
         for process in started:
             process.close()

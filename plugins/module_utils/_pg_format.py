@@ -7,13 +7,15 @@ An outer tar, streamed through the compressor, never staged:
 
 * ``schema.sql``      plain ``pg_dump --schema-only`` for humans and diffs;
 * ``pre-data.dump``   custom-format pre-data section (types, tables, functions...);
+* ``post-data.dump``  custom-format post-data section (indexes, constraints,
+  triggers), and ``post-data-tables.json``, the table each index and constraint
+  belongs to: ahead of the data, so that a table's indexes are built as soon as
+  its data is in (see _pg_post_data);
+* ``globals.sql``     optional ``pg_dumpall --globals-only``;
 * ``data/NNNN.sql``   one plain data-only ``pg_dump -t`` per table (COPY), dumped by
   ``jobs`` parallel workers, all attached to one exported snapshot;
 * ``misc-data.dump``  custom-format data that is not table rows (sequence values,
   large objects);
-* ``post-data.dump``  custom-format post-data section (indexes, constraints,
-  triggers), restored with ``pg_restore -j``;
-* ``globals.sql``     optional ``pg_dumpall --globals-only``;
 * ``manifest.json``   last: every stream's chunks (member, size) and its sha256;
   a table's stream also its rows.
 
@@ -23,7 +25,9 @@ most ``CHUNK`` bytes (``<stream>.partNNNNN``, the final one ending ``.last``).
 Format 2 hashes each stream once (format 1 also hashed every chunk: the same
 bytes twice, the stream's sha256 already covers them) and records a table's
 rows as the lines of its COPY data, which are exactly its own rows (not those of
-inheritance children); format 1 archives are still read.
+inheritance children).  Format 3 moves post-data ahead of the data and adds
+post-data-tables.json (formats 1 and 2 have post-data last, restored after all
+the data).  Formats 1 and 2 are still read.
 """
 
 import collections
@@ -41,8 +45,9 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import
 
 KIND = "database"
 FORMAT_1 = "minimarket-pg-split-dump/1"
-ARCHIVE_FORMAT = "minimarket-pg-split-dump/2"
-READABLE_FORMATS = (FORMAT_1, ARCHIVE_FORMAT)
+FORMAT_2 = "minimarket-pg-split-dump/2"
+ARCHIVE_FORMAT = "minimarket-pg-split-dump/3"
+READABLE_FORMATS = (FORMAT_1, FORMAT_2, ARCHIVE_FORMAT)
 COLLECTION_VERSION = "0.1.0"
 CHUNK = 4 * 1024 * 1024
 MANIFEST = "manifest.json"

@@ -3,7 +3,8 @@
 """Replaying an archive into an empty database: each stream piped into its own ``psql``/``pg_restore``.
 
 Restore reads the archive once, in order; table data loads in parallel before any
-index, constraint or trigger exists, and every stream is checked against the manifest:
+index, constraint or trigger exists (from format 3 a table's own indexes are built
+as soon as its data is in, see _pg_post_data), and every stream is checked against the manifest:
 its chunks (names and sizes) and its sha256 (format 1 also recorded a sha256 per chunk).
 """
 
@@ -18,6 +19,7 @@ import threading
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import TAR_PARSE_ERRORS, archive_stream, damaged_archive
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_format import ARCHIVE_FORMAT, FORMAT_1, MANIFEST, parse_member
+from ansible_collections.minimarket.backup.plugins.module_utils._pg_post_data import POST_DATA, TABLES, PostData
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import explain
 from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, Process
 
@@ -28,8 +30,9 @@ QUEUE_DEPTH = 2
 class StreamLoader(object):
     """One restore process fed from a bounded queue, so several tables load at once."""
 
-    def __init__(self, proc, stream, container, chunk_digests=False):
+    def __init__(self, proc, stream, container, chunk_digests=False, loaded=None):
         self.proc = proc
+        self.loaded = loaded
         self.chunk_digests = chunk_digests
         self.container = container
         self.stream = stream
@@ -55,6 +58,8 @@ class StreamLoader(object):
                     broken = True  # the process died; wait() reports its own error
         with contextlib.suppress(OSError):
             self.proc.stdin.close()
+        if self.loaded is not None and not broken and self.proc.wait() == 0:
+            self.loaded(self.stream, sum(chunk["size"] for chunk in self.chunks))
 
     def put(self, seq, data, member):
         if seq != self.next_seq:
@@ -90,14 +95,18 @@ class StreamLoader(object):
         self.proc.close()
 
 
-def _loader_for(tools, stream, dbname, jobs, archive_format):
+def _loader_for(tools, stream, dbname, jobs, archive_format, post):
+    loaded = None
     if stream.startswith("data/"):
         proc = tools.start("psql", ["-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "--no-password", "-d", dbname],
                            stdin=PIPE, stdout=DEVNULL)
+        loaded = post.loaded if post else None
     elif stream in ("schema.sql", "globals.sql"):
         # Kept for people, not replayed: hash it and throw it away.
         proc = Process(["cat"], stdin=PIPE, stdout=DEVNULL)
-    elif stream == "post-data.dump":
+    elif post and stream in (POST_DATA, TABLES):
+        proc = Process(["cat"], stdin=PIPE, stdout=post.spool(stream))
+    elif stream == POST_DATA:
         proc = tools.start("pg_restore", ["--exit-on-error", "--no-password", "-j", str(max(1, jobs)), "-d", dbname],
                            stdin=PIPE, stdout=DEVNULL, spool_stdin=True)
     elif stream in ("pre-data.dump", "misc-data.dump"):
@@ -107,7 +116,7 @@ def _loader_for(tools, stream, dbname, jobs, archive_format):
                            stdin=PIPE, stdout=DEVNULL)
     else:
         raise BackupError("archive holds an unknown stream %r: it is not a pg_split_dump backup" % stream)
-    return StreamLoader(proc, stream, tools.container, chunk_digests=archive_format == FORMAT_1)
+    return StreamLoader(proc, stream, tools.container, chunk_digests=archive_format == FORMAT_1, loaded=loaded)
 
 
 def restore_archive(tools, backup_path, dbname, jobs, identity_file=None, archive_format=ARCHIVE_FORMAT):
@@ -118,17 +127,22 @@ def restore_archive(tools, backup_path, dbname, jobs, identity_file=None, archiv
     name = os.path.basename(backup_path)
     active = {}
     finished = {}
+    post = PostData(tools, dbname, jobs) if archive_format == ARCHIVE_FORMAT else None
     try:
         with archive_stream(backup_path, identity_file) as reader:
             try:
-                manifest = _read_members(tools, reader, (dbname, jobs, archive_format), active, finished, name)
+                manifest = _read_members(tools, reader, (dbname, jobs, archive_format, post), active, finished, name)
             except TAR_PARSE_ERRORS as exc:
                 raise damaged_archive(name, exc)
+        if post:
+            post.finish()
         _check_manifest(manifest, finished, name, archive_format)
         return manifest
     except BaseException:
         for loader in active.values():
             loader.kill()
+        if post:
+            post.kill()
         raise
 
 
@@ -160,12 +174,19 @@ def member_data(tar, member):
 
 
 def _read_members(tools, reader, target, active, finished, name):
-    """Dispatch each chunk to its stream's loader; table data streams run concurrently, the rest in order."""
+    """Dispatch each chunk to its stream's loader; table data streams run concurrently, the rest in order.
+
+    ``target`` is (dbname, jobs, archive_format, post); ``post`` (a PostData, format 3) builds
+    each table's indexes as its data comes in.
+    """
+    post = target[-1]
     in_data = False
     tar = tarfile.open(fileobj=reader, mode="r|")
     for member in tar:
         if not member.isfile():
             raise BackupError("archive member %s is not a regular file: %s is not a pg_split_dump backup" % (member.name, name))
+        if post:
+            post.check()
         data = member_data(tar, member)
         if member.name == MANIFEST:
             _finish_data(active, finished)
@@ -184,6 +205,11 @@ def _read_members(tools, reader, target, active, finished, name):
                 raise BackupError("archive stream %s appears twice: the archive is damaged, use another backup" % stream)
             if not finished and not active and stream != "schema.sql":
                 raise BackupError("archive does not start with schema.sql: %s is not a pg_split_dump backup" % name)
+            if post and is_data and not post.started:
+                if not (POST_DATA in finished and TABLES in finished):
+                    raise BackupError("archive %s has table data before a complete %s and %s: the archive is damaged, use another backup"
+                                      % (name, POST_DATA, TABLES))
+                post.start()
             loader = active[stream] = _loader_for(tools, stream, *target)
         loader.put(seq, data, member.name)
         if last:

@@ -24,6 +24,8 @@ FIELD_SEP = "\x1f"
 # pg_restore -j needs a file it can reopen and seek: stdin goes into a temp file that is unlinked as soon as it is
 # open, and the tool (exec'd, so killing it leaves nothing behind) reopens it as /dev/fd/3.
 SPOOL_SCRIPT = 'f=$(mktemp) || exit 70; exec 3<>"$f" || exit 70; rm -f "$f"; cat >&3 || exit 71; exec "$@" /dev/fd/3'
+# pg_restore -L reads its list from a file: the first argument (TOC ids) becomes one, unlinked the same way, on fd 4.
+LIST_SCRIPT = 'l=$(mktemp) || exit 70; exec 4<>"$l" || exit 70; rm -f "$l"; printf "%s;\\n" $1 >&4 || exit 71; shift; '
 
 
 SSL_MODES = ["allow", "disable", "prefer", "require", "verify-ca", "verify-full"]
@@ -154,7 +156,8 @@ class PgTools(object):
             )
         return path
 
-    def argv(self, tool, args, spool_stdin=False):
+    def argv(self, tool, args, spool_stdin=False, toc_ids=None):
+        """``spool_stdin``: the tool reads stdin as the file /dev/fd/3; ``toc_ids`` (with it): only those TOC entries, ``-L /dev/fd/4``."""
         names = sorted(self.environ_update())
         if self.container:
             docker = shutil.which("docker")
@@ -168,6 +171,9 @@ class PgTools(object):
         else:
             prefix = []
             command = [self._tool_path(tool)]
+        if toc_ids is not None:
+            ids = [str(int(toc_id)) for toc_id in toc_ids]
+            return prefix + ["sh", "-c", LIST_SCRIPT + SPOOL_SCRIPT, "sh", " ".join(ids)] + command + list(args) + ["-L", "/dev/fd/4"]
         if spool_stdin:
             command = ["sh", "-c", SPOOL_SCRIPT, "sh"] + command
         return prefix + command + list(args)
@@ -185,9 +191,9 @@ class PgTools(object):
         out = self.run("psql", ["-X", "-q", "-w", "-A", "-t", "-F", FIELD_SEP, "-v", "ON_ERROR_STOP=1", "-d", dbname], data=sql, what=what)
         return [line.split(FIELD_SEP) for line in out.splitlines() if line != ""]
 
-    def start(self, tool, args, stdin=None, stdout=None, spool_stdin=False):
+    def start(self, tool, args, stdin=None, stdout=None, spool_stdin=False, toc_ids=None):
         """A streaming tool (a ``_process.Process``): data flows through it while we read or write it."""
-        return Process(self.argv(tool, args, spool_stdin=spool_stdin), stdin=stdin, stdout=stdout,
+        return Process(self.argv(tool, args, spool_stdin=spool_stdin, toc_ids=toc_ids), stdin=stdin, stdout=stdout,
                        env=self.environ_update(), label=tool)
 
     def server_version_num(self, dbname):

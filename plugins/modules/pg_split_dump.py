@@ -19,7 +19,8 @@ description:
     last. A failure leaves no file that looks complete. One dump per O(backup_dir) and O(environment) at a time.
   - O(state=restore) checks the archive (ours, sha256 equals the metadata) and the server before touching anything.
     With O(strategy=swap) it restores into a temporary database, loads table data in parallel before indexes,
-    constraints and triggers exist, compares every table's row count and the object counts with the metadata, and only
+    constraints and triggers exist (each table's own indexes are built as soon as its data is in), compares every
+    table's row count and the object counts with the metadata, and only
     then renames the live database to C(<db>_pre_restore_<timestamp>) and the restored one into place, both in one
     transaction, so the live name is never missing. Any failure before the rename drops the temporary database and
     leaves the live one untouched. RV(sessions) lists the sessions on the live database it terminated (in check mode,

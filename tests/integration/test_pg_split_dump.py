@@ -59,7 +59,7 @@ def test_seed_round_trip_swap(pg_server, seeded_db, backup_dir, dropped_database
     assert pg_server.password not in json.dumps(meta)
     assert meta["sha256"] == result["sha256"] and meta["size"] == os.path.getsize(archive)
     assert meta["kind"] == "database" and meta["environment"] == "testing" and meta["database"] == seeded_db
-    assert {"schema.sql", "pre-data.dump", "misc-data.dump", "post-data.dump"} <= set(meta["members"])
+    assert {"schema.sql", "pre-data.dump", "misc-data.dump", "post-data.dump", "post-data-tables.json"} <= set(meta["members"])
     counts = dict((k.replace("public.", ""), v) for k, v in meta["tables"].items())
     assert counts == before["counts"]
     assert result["tables"] == meta["tables"]
@@ -151,7 +151,7 @@ def test_rows_are_counted_in_the_copy_data_exactly(pg_server, backup_dir, droppe
                for name, quoted in (("textos", "textos"), ('t;"\n\\.\nx', '"t;""\n\\.\nx"'), ("padre", "padre"),
                                     ("hija", "hija"), ("vacia", "vacia")))
     assert own == {"public.textos": 5008, 'public.t;"\n\\.\nx': 3, "public.padre": 1, "public.hija": 2, "public.vacia": 0}
-    assert meta["tables"] == own and result["tables"] == own and meta["archive_format"] == "minimarket-pg-split-dump/2"
+    assert meta["tables"] == own and result["tables"] == own and meta["archive_format"] == "minimarket-pg-split-dump/3"
     rows = dict((entry["table"], entry["rows"]) for entry in json.loads(_member(result["archive"], "manifest.json"))["streams"].values()
                 if entry["kind"] == "table-data")
     assert rows == own

@@ -152,7 +152,7 @@ def test_format_1_archives_are_still_read_and_checked(tmp_path):
     path = format_1_archive(tmp_path / "database_x_20250101_000000.tar")
     manifest = pg_load.restore_archive(PgTools(PARAMS), path, "unused", 1, archive_format=pg_format.FORMAT_1)
     assert manifest["format"] == pg_format.FORMAT_1
-    with pytest.raises(BackupError, match="manifest format 'minimarket-pg-split-dump/1', not minimarket-pg-split-dump/2"):
+    with pytest.raises(BackupError, match="manifest format 'minimarket-pg-split-dump/1', not minimarket-pg-split-dump/3"):
         pg_load.restore_archive(PgTools(PARAMS), path, "unused", 1)
     damaged = format_1_archive(tmp_path / "database_y_20250101_000000.tar")
     with tarfile.open(damaged) as tar:
@@ -207,6 +207,23 @@ def test_spooled_stdin_is_a_reopenable_file_that_no_kill_leaves_behind(tmp_path)
     assert (rc, err) == (0, "")
     assert out == "ABCDEWXYZ -j 2 /dev/fd/3\n"
     assert os.listdir(str(spool)) == []
+
+
+def test_a_toc_list_reaches_pg_restore_as_an_unlinked_file(tmp_path):
+    """pg_restore -L wants a file: the TOC ids become one (each "N;") that, like the spool, has no name left."""
+    spool, bindir = tmp_path / "spool", tmp_path / "bin"
+    spool.mkdir()
+    bindir.mkdir()
+    tool = bindir / "pg_restore"
+    tool.write_text('#!/bin/sh\nls -A "$TMPDIR"; cat "$4"; head -c 3 "$5"; echo " $1 $2 $3 $4 $5"\n')
+    tool.chmod(0o755)
+    argv = PgTools(dict(PARAMS, bin_dir=str(bindir))).argv("pg_restore", ["-j", "2"], spool_stdin=True, toc_ids=[3215, 17])
+    rc, out, err = run(argv, data=b"PGDMP...", env={"TMPDIR": str(spool)})
+    assert (rc, err) == (0, "")
+    assert out == "3215;\n17;\nPGD -j 2 -L /dev/fd/4 /dev/fd/3\n"
+    assert os.listdir(str(spool)) == []
+    with pytest.raises(ValueError):
+        PgTools(dict(PARAMS, bin_dir=str(bindir))).argv("pg_restore", [], toc_ids=["1; rm -rf /"])
 
 
 def test_unix_socket_wins_and_options_override_inherited_variables(monkeypatch):
