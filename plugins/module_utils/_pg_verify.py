@@ -61,7 +61,7 @@ def verify(tools, options, journal=None):
     tools.check_client("pg_restore", tools.server_version_num(tools.maintenance_db))
     props = backup.metadata.get("database_properties", {})
     check_roles(props, existing_roles(tools), db)
-    result = {"src": backup.path}
+    result = {"src": backup.path, "backup": backup.describe()}
     if backup.warnings:
         result["warnings"] = list(backup.warnings)
     clean_leftovers(tools, db, result, False)

@@ -324,7 +324,7 @@ src:
   sample: /var/backups/minimarket/database/database_production_20251007_120000.tar.gz
 backup:
   description: The backup restored or verified, as the operator confirms it before a restore.
-  returned: state=restore, or state=verify in check mode
+  returned: state=restore or state=verify
   type: dict
   contains:
     name:

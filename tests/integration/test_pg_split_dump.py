@@ -195,12 +195,14 @@ def test_verify_passes_and_fails_with_reasons(pg_server, seeded_db, backup_dir):
                               queries=["SELECT count(*) > 0 FROM categorias", "SELECT NOT EXISTS (SELECT 1 FROM productos WHERE precio < 0)"]))
     assert ok["_rc"] == 0, ok
     assert ok["changed"] is False and ok["problems"] == [] and len(ok["checks"]) == 4
+    assert ok["backup"]["path"] == result["archive"] and ok["backup"]["environment"] == "testing"
     assert all(check["ok"] for check in ok["checks"])
     assert not db_exists(pg_server, ok["scratch_db"])
     bad = run_module(conn_args(pg_server, state="verify", db=seeded_db, src=result["archive"], environment="testing",
                                scratch_db=unique("mm_scratch"), critical_tables={"productos": 10 ** 9},
                                queries=["SELECT count(*) = 0 FROM categorias"]))
     assert bad["_rc"] == 1 and bad["failed"] is True
+    assert bad["backup"]["name"] == os.path.basename(result["archive"]) and result["archive"] in bad["backup"]["summary"]
     assert "failed verification" in bad["msg"] and "critical table productos" in bad["msg"]
     assert "SELECT count(*) = 0 FROM categorias" in bad["msg"]
     assert not db_exists(pg_server, bad["scratch_db"])
