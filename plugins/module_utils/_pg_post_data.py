@@ -133,11 +133,13 @@ class PostData(object):
         return self.spools[stream]
 
     def _read(self, stream):
+        """The spooled stream's bytes (it is small); the spool is closed, nothing reads it again."""
         spool = self.spools.get(stream)
         if spool is None:
             return None
-        spool.seek(0)
-        return spool.read()
+        with spool:
+            spool.seek(0)
+            return spool.read()
 
     def start(self):
         """Once both spools are complete (before any table data): read the TOC, plan it, start the workers."""

@@ -142,13 +142,39 @@ def test_each_table_owns_its_indexes_and_everything_else_waits(pg_server, backup
                        "INDEX public venta_id", "TRIGGER public pedido pedido_nada"]
 
 
-def test_small_tables_are_indexed_while_the_big_one_still_loads(pg_server, backup_dir, dropped_databases):
+# The big table's last row waits (30 s at most) until the small tables' index and foreign key exist: its data commits
+# after them only if they were built while it loaded, not by how fast anything runs.
+WAIT_SQL = r"""
+CREATE FUNCTION espera_indices(id int) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF id = 300000 THEN
+    FOR attempt IN 1..600 LOOP
+      EXIT WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relname = 'chica ñ_expr')
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint WHERE conname = 'pedido_chica_id_fkey');
+      PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+  END IF;
+  RETURN true;
+END $$;
+ALTER TABLE grande ADD CONSTRAINT espera CHECK (espera_indices(id));
+"""
+
+
+def test_small_tables_are_indexed_while_the_big_one_still_loads(pg_server, backup_dir, dropped_databases, tmp_path):
     """Commit times in the restored copy: the small tables' indexes and foreign key were in before the big table's data was."""
     db = source_db(pg_server, dropped_databases)
+    pg_server.execute(WAIT_SQL, db)
     result = dump(pg_server, db, backup_dir)
+    members, manifest = read_members(result["archive"])
+    big = [stream for stream, entry in manifest["streams"].items() if entry.get("table") == "public.grande"][0]
+    # The small tables' data ahead of the big table's, whatever order the dump's workers wrote them in.
+    last_data = max(index for index, (member, _data) in enumerate(members) if stream_of(member).startswith("data/"))
+    ordered = ([entry for entry in members[:last_data + 1] if stream_of(entry[0]) != big] + [entry for entry in members if stream_of(entry[0]) == big]
+               + members[last_data + 1:])
+    archive = rewrite(result, str(tmp_path / "ordered"), "minimarket-pg-split-dump/3", ordered, manifest)
     target = unique("mm_post_copy")
     dropped_databases.append(target)
-    restored = restore(pg_server, result["archive"], target)
+    restored = restore(pg_server, archive, target)
     assert restored["_rc"] == 0, restored
     assert all(entry["ok"] for entry in restored["tables"].values()) and len(restored["tables"]) == 4
     assert pg_server.execute(INDEXES, target) == pg_server.execute(INDEXES, db)
