@@ -20,7 +20,7 @@ import threading
 
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import explain
-from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE, run
+from ansible_collections.minimarket.backup.plugins.module_utils._process import DEVNULL, PIPE
 
 POST_DATA = "post-data.dump"
 TABLES = "post-data-tables.json"
@@ -151,9 +151,7 @@ class PostData(object):
         self.names = owners.get("tables", {})
         text = ""
         if self.dump:
-            rc, text, err = run(self.tools.argv("pg_restore", ["-l", "-v"], spool_stdin=True), data=self.dump, env=self.tools.environ_update())
-            if rc != 0:
-                raise BackupError(explain(err, "listing %s" % POST_DATA, rc, self.tools.container))
+            text = self.tools.run("pg_restore", ["-l", "-v"], data=self.dump, what="listing %s" % POST_DATA, spool_stdin=True)
         entries = parse_toc(text)
         self.position = dict((entry[0], index) for index, entry in enumerate(entries))
         self.waiting, self.rest = plan(entries, owners.get("items", {}))

@@ -178,9 +178,14 @@ class PgTools(object):
             command = ["sh", "-c", SPOOL_SCRIPT, "sh"] + command
         return prefix + command + list(args)
 
-    def run(self, tool, args, data=None, what=None):
-        """Short commands run to the end; raises BackupError with a one-line reason."""
-        argv = self.argv(tool, args)
+    def run(self, tool, args, data=None, what=None, spool_stdin=False):
+        """Short commands run to the end, output as text; raises BackupError with a one-line reason.
+
+        ``data`` (stdin) is text or bytes: bytes, such as an archive, reach the tool untouched.
+        ``spool_stdin`` as in ``argv``. The reason falls back to stdout because ``docker exec``
+        prints its own failures (no such tool in the container) there.
+        """
+        argv = self.argv(tool, args, spool_stdin=spool_stdin)
         rc, out, err = self.run_command(argv, data=data, env=self.environ_update())
         if rc != 0:
             raise BackupError(explain(err or out, what or tool, rc, self.container))

@@ -2,7 +2,11 @@
 import json
 import threading
 
+import pytest
+
 from ansible_collections.minimarket.backup.plugins.module_utils import _pg_post_data as post_data
+from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._postgres import PgTools
 
 LISTING = """;
 ; Archive created at 2026-12-07 19:00:00 UTC
@@ -101,3 +105,35 @@ def test_items_run_when_their_table_is_in_what_they_reference_is_done_and_no_loc
     done(5)
     post.stopping = True
     assert take() is None and post.waiting == [] and post.queue == []
+
+
+def test_start_lists_the_spooled_dump_with_pg_restore_and_plans_it(tmp_path):
+    """The post-data dump (bytes) reaches ``pg_restore -l -v`` whole, through PgTools.run; a failure names the listing."""
+    dump = b"PGDMP\x00\x01\xff" * 1000
+    (tmp_path / "dump").write_bytes(dump)
+    (tmp_path / "listing").write_text(LISTING)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "pg_restore"
+    tool.write_text('#!/bin/sh\n[ "$1 $2" = "-l -v" ] && cmp -s "$3" %s && exec cat %s\n'
+                    'echo "pg_restore: error: input file does not appear to be a valid archive" >&2; exit 1\n'
+                    % (tmp_path / "dump", tmp_path / "listing"))
+    tool.chmod(0o755)
+    tools = PgTools(dict(login_user="postgres", login_password="pw", bin_dir=str(bindir)))
+
+    def post_with(data):
+        post = post_data.PostData(tools, "shop", 2)
+        post.spool(post_data.POST_DATA).write(data)
+        post.spool(post_data.TABLES).write(post_data.tables_stream([(stream, "t", [key]) for key, stream in OWNERS.items()]))
+        return post
+
+    post = post_with(dump)
+    post.start()
+    try:
+        assert post.waiting == post_data.plan(post_data.parse_toc(LISTING), OWNERS)[0]
+        assert post.rest == [3374, 3379, 3220, 3221, 3222, 3224, 3226, 3225]
+    finally:
+        post._stop()
+    with pytest.raises(BackupError) as info:
+        post_with(dump[:-1]).start()
+    assert str(info.value) == "listing post-data.dump failed: pg_restore: error: input file does not appear to be a valid archive"

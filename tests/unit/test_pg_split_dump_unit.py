@@ -226,6 +226,22 @@ def test_a_toc_list_reaches_pg_restore_as_an_unlinked_file(tmp_path):
         PgTools(dict(PARAMS, bin_dir=str(bindir))).argv("pg_restore", [], toc_ids=["1; rm -rf /"])
 
 
+def test_run_carries_binary_stdin_untouched_and_says_why_it_failed(tmp_path):
+    """A dump (any byte value) goes through tools.run as the file pg_restore reads; the listing comes back as text."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "pg_restore"
+    tool.write_text('#!/bin/sh\nod -An -v -tx1 "$3" | tr -d " \\n"; echo " $1 $2 $3 $PGPASSWORD"\n')
+    tool.chmod(0o755)
+    tools = PgTools(dict(PARAMS, bin_dir=str(bindir)))
+    data = b"PGDMP" + bytes(range(256)) + b"\r\n\x00\xff"
+    assert tools.run("pg_restore", ["-l", "-v"], data=data, spool_stdin=True) == data.hex() + " -l -v /dev/fd/3 s3cret-pw\n"
+    tool.write_text('#!/bin/sh\necho "pg_restore: error: input file does not appear to be a valid archive" >&2; exit 1\n')
+    with pytest.raises(BackupError) as info:
+        tools.run("pg_restore", ["-l"], data=b"\xff", what="listing post-data.dump", spool_stdin=True)
+    assert str(info.value) == "listing post-data.dump failed: pg_restore: error: input file does not appear to be a valid archive"
+
+
 def test_unix_socket_wins_and_options_override_inherited_variables(monkeypatch):
     monkeypatch.setenv("PGPASSWORD", "inherited")
     monkeypatch.setenv("PGHOST", "elsewhere")
