@@ -167,10 +167,12 @@ def torture_db(pg_server):
 
 @pytest.fixture
 def backup_dir():
-    path = tempfile.mkdtemp(prefix="mm-pgsd-")
-    os.chmod(path, 0o700)
+    """``<private root>/database``: the root's ``.journal`` is this test's alone, as on a shop host."""
+    root = tempfile.mkdtemp(prefix="mm-pgsd-")
+    path = os.path.join(root, "database")
+    os.mkdir(path, 0o700)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
