@@ -10,6 +10,7 @@ import uuid
 
 import psycopg
 import pytest
+from psycopg import sql
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULE = os.path.join(REPO_ROOT, "plugins", "modules", "pg_split_dump.py")
@@ -230,14 +231,30 @@ class PgContainer(object):
             cur = conn.execute(sql, params)
             return cur.fetchall() if cur.description else []
 
+    def create_database(self, name, template="template0"):
+        """As testenv's PgServer: the bench's steps run against either server."""
+        self.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} ENCODING 'UTF8'").format(sql.Identifier(name), sql.Identifier(template)))
+        return name
+
+    def drop_database(self, name):
+        self.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
     def remove(self):
         subprocess.run(["docker", "rm", "-f", "-v", self.name], check=False, capture_output=True)
+
+    def __enter__(self):
+        """Removed again when start() fails half-way (docker run done, the server never ready)."""
+        try:
+            return self.start()
+        except BaseException:
+            self.remove()
+            raise
+
+    def __exit__(self, *exc):
+        self.remove()
 
 
 @pytest.fixture(scope="module")
 def pg_container():
-    container = PgContainer()
-    try:
-        yield container.start()
-    finally:
-        container.remove()
+    with PgContainer() as container:
+        yield container
