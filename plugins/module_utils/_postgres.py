@@ -20,6 +20,10 @@ from ansible_collections.minimarket.backup.plugins.module_utils._process import 
 
 SENTINEL = "__minimarket_backup_done__"
 FIELD_SEP = "\x1f"
+# Unaligned rows, tuples only, no psqlrc, no password prompt, stop at the first error.
+PSQL_ARGS = ["-X", "-q", "-w", "-A", "-t", "-F", FIELD_SEP, "-v", "ON_ERROR_STOP=1"]
+# What a kept session runs after each script, so the next one starts as in a fresh psql: no open transaction, no SET left.
+KEPT_RESET = "\nROLLBACK;\nRESET ALL;"
 
 # pg_restore -j needs a file it can reopen and seek: stdin goes into a temp file that is unlinked as soon as it is
 # open, and the tool (exec'd, so killing it leaves nothing behind) reopens it as /dev/fd/3.
@@ -71,6 +75,12 @@ def major_of(version_text):
     return int(match.group(1))
 
 
+def terminated(sql):
+    """The script ending in ``;``: psql holds an unterminated statement in its buffer, past anything sent after it."""
+    script = sql.rstrip()
+    return script if script.endswith(";") else script + "\n;"
+
+
 def explain(stderr, what, rc=None, container=None):
     """Reduce a client tool's stderr to one line, with the fix when we recognise the cause."""
     lines = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
@@ -112,6 +122,9 @@ class PgTools(object):
         self.maintenance_db = params.get("maintenance_db") or "postgres"
         self.run_command = run_command or run
         self.conn_env = {}
+        self._kept = None
+        self._keeping = False
+        self._kept_lock = threading.Lock()
         host = params.get("login_unix_socket") or params.get("login_host") or ""
         if host:
             self.conn_env["PGHOST"] = host
@@ -192,9 +205,46 @@ class PgTools(object):
         return out
 
     def psql(self, dbname, sql, what="psql"):
-        """Rows of one SQL script's output (unaligned, tuples only)."""
-        out = self.run("psql", ["-X", "-q", "-w", "-A", "-t", "-F", FIELD_SEP, "-v", "ON_ERROR_STOP=1", "-d", dbname], data=sql, what=what)
+        """Rows of one SQL script's output (unaligned, tuples only).
+
+        Inside ``kept_session`` the maintenance database's scripts share one psql, reset after each.
+        """
+        if dbname == self.maintenance_db and self._keeping:
+            return self._kept_query(sql, what)
+        out = self.run("psql", PSQL_ARGS + ["-d", dbname], data=sql, what=what)
         return [line.split(FIELD_SEP) for line in out.splitlines() if line != ""]
+
+    @contextlib.contextmanager
+    def kept_session(self):
+        """One psql for the maintenance database's scripts while the block runs.
+
+        Each psql costs a process (and in container mode a ``docker exec`` of about 0.15 s) and a
+        connection; a restore asks the maintenance database a dozen times. Scoped to a block, not to
+        the run, because a repair may restart the server under a session.
+        """
+        self._keeping = True
+        try:
+            yield self
+        finally:
+            self._keeping = False
+            with self._kept_lock:
+                self._close_kept()
+
+    def _kept_query(self, sql, what):
+        with self._kept_lock:
+            if self._kept is None:
+                self._kept = PsqlSession(self, self.maintenance_db, what=what)
+            try:
+                return self._kept.query(terminated(sql) + KEPT_RESET, what=what)
+            except BaseException:
+                # ON_ERROR_STOP ended that psql (or we stop here): the next script gets a new one.
+                self._close_kept()
+                raise
+
+    def _close_kept(self):
+        if self._kept is not None:
+            session, self._kept = self._kept, None
+            session.close()
 
     def start(self, tool, args, stdin=None, stdout=None, spool_stdin=False, toc_ids=None):
         """A streaming tool (a ``_process.Process``): data flows through it while we read or write it."""
@@ -230,34 +280,39 @@ class PsqlSession(object):
     queries and the pg_dump processes that attach to its snapshot.
     """
 
-    def __init__(self, tools, dbname):
+    def __init__(self, tools, dbname, what=None):
         self._lock = threading.Lock()
         self.container = tools.container
-        self.proc = tools.start("psql", ["-X", "-q", "-w", "-A", "-t", "-F", FIELD_SEP, "-v", "ON_ERROR_STOP=1", "-d", dbname],
-                                stdin=PIPE, stdout=PIPE)
+        self.proc = tools.start("psql", PSQL_ARGS + ["-d", dbname], stdin=PIPE, stdout=PIPE)
         try:
-            self.query("SELECT 1;", what="connecting to database %r" % dbname)
+            self.query("SELECT 1;", what=what or "connecting to database %r" % dbname)
         except BaseException:
             self.proc.close()
             raise
 
     def query(self, sql, what="query"):
         with self._lock:
+            seen = len(self.proc.stderr())
             try:
-                self.proc.stdin.write((sql.rstrip() + "\n\\echo " + SENTINEL + "\n").encode("utf-8"))
+                self.proc.stdin.write((terminated(sql) + "\n\\echo " + SENTINEL + "\n").encode("utf-8"))
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError):
-                raise BackupError(explain(self.proc.stderr(), what, self.proc.wait(), self.container))
+                raise self._failed(what, seen)
             rows = []
             while True:
                 line = self.proc.stdout.readline()
                 if not line:
-                    raise BackupError(explain(self.proc.stderr(), what, self.proc.wait(), self.container))
+                    raise self._failed(what, seen)
                 text = line.decode("utf-8").rstrip("\n")
                 if text == SENTINEL:
                     return rows
                 if text != "":
                     rows.append(text.split(FIELD_SEP))
+
+    def _failed(self, what, seen):
+        """The error of this query only: what psql wrote to stderr before it (notices of earlier ones) is not its reason."""
+        status = self.proc.wait()
+        return BackupError(explain(self.proc.stderr()[seen:], what, status, self.container))
 
     def close(self):
         """End of input lets psql finish its transaction; one still running after 30 s is killed."""

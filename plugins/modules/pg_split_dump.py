@@ -459,7 +459,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import check_recipients, encryption_argument_spec
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
-from ansible_collections.minimarket.backup.plugins.module_utils._docker import HAS_DOCKER
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_dump import (
     DumpOptions,
     check_backup_dir,
@@ -471,7 +470,6 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pg_format impor
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_restore import RestoreOptions, restore
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_restore import repairers as pg_repairers
 from ansible_collections.minimarket.backup.plugins.module_utils._pg_verify import VerifyFailed, VerifyOptions, check_live, verify
-from ansible_collections.minimarket.backup.plugins.module_utils._volume_archive import repairers as volume_repairers
 from ansible_collections.minimarket.backup.plugins.module_utils._postgres import PgTools, postgres_common_argument_spec
 from ansible_collections.minimarket.backup.plugins.module_utils._vocabulary import (
     backup_dir_argument_spec,
@@ -522,12 +520,23 @@ def run(module, tools, journal_dir):
 
 def repair(module, tools, journal_dir):
     """First thing in every run: repair what an interrupted run of either module left (containers, volumes, databases)."""
-    repairers = pg_repairers(tools)
-    if HAS_DOCKER:
-        repairers.update(volume_repairers())
+    pending = _journal.pending(journal_dir)
     if module.check_mode:
-        return [], ["not repairing in check mode: %s" % w for w in _journal.pending(journal_dir)]
-    return _journal.replay(journal_dir, repairers)
+        return [], ["not repairing in check mode: %s" % w for w in pending]
+    if not pending:
+        return [], []
+    return _journal.replay(journal_dir, repairers(tools))
+
+
+def repairers(tools):
+    """Imported here, not at the top: the volume side loads the Docker SDK (0.1 s), which only a repair needs."""
+    from ansible_collections.minimarket.backup.plugins.module_utils._docker import HAS_DOCKER
+    from ansible_collections.minimarket.backup.plugins.module_utils._volume_archive import repairers as volume_repairers
+
+    found = pg_repairers(tools)
+    if HAS_DOCKER:
+        found.update(volume_repairers())
+    return found
 
 
 def main():
@@ -575,7 +584,8 @@ def main():
         repaired, warnings = repair(module, tools, journal_dir)
         for warning in warnings:
             module.warn(warning)
-        result = run(module, tools, journal_dir)
+        with tools.kept_session():
+            result = run(module, tools, journal_dir)
     except VerifyFailed as exc:
         for warning in exc.result.pop("warnings", []):
             module.warn(warning)
