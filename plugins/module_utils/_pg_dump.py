@@ -251,8 +251,6 @@ def dump(tools, options):
 
 def _write_archive(tools, sink, db, snapshot, relations, jobs, include_globals, mtime):
     writer = ArchiveWriter(sink, mtime)
-    if sink.tee_fd() is not None:
-        widen_pipe(sink.tee_fd())
     base = ["--snapshot=" + snapshot, "--no-password", "-d", db]
     # Not a "*.*" pattern: that would also drop the values of sequences no table owns.
     excluded = ["--exclude-table-data=" + dump_pattern(schema, name) for schema, name, _pages, _end_search, _items in relations]

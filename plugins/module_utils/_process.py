@@ -126,7 +126,9 @@ class Pipeline(object):
     """Processes ``[(label, argv)]`` chained stdout to stdin; closing it kills and reaps every one still running.
 
     ``stdin`` feeds the first process (a pipe, a file or a descriptor),
-    ``stdout`` is where the last one writes.
+    ``stdout`` is where the last one writes. Every pipe it creates is 1 MiB
+    (``widen_pipe``): a compressor whose output waits for a Python thread
+    (which must first get the GIL) then runs on instead of blocking at 64 KiB.
     """
 
     def __init__(self, commands, stdin=None, stdout=PIPE, env=None):
@@ -136,6 +138,9 @@ class Pipeline(object):
             for index, (label, argv) in enumerate(commands):
                 last = index == len(commands) - 1
                 proc = Process(argv, stdin=upstream, stdout=stdout if last else PIPE, env=env, label=label)
+                for pipe in (proc.stdin, proc.stdout):
+                    if pipe is not None:
+                        widen_pipe(pipe.fileno())
                 if self.procs:
                     # The next process owns this output now: if it dies, the writer gets SIGPIPE instead of blocking.
                     self.procs[-1].stdout.close()

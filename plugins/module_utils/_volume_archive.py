@@ -145,8 +145,6 @@ def read_host(command, sink, volumes, contents=True):
     """Run GNU tar, copy its stream into ``sink`` and digest it; returns (summaries, warnings)."""
     with Process(command, stdout=PIPE) as proc:
         if is_pipe(proc.stdout) and (sink is None or sink.tee_fd() is not None):
-            if sink is not None:
-                widen_pipe(sink.tee_fd())
             reader = PipeReader(proc.stdout, sink)
         else:
             reader = TeeReader(proc.stdout, sink)

@@ -143,6 +143,24 @@ def test_a_dead_reader_makes_the_writer_fail_instead_of_blocking():
         assert pipeline.wait() == [-13, 0]
 
 
+def test_every_pipe_a_pipeline_creates_is_1_mib():
+    """A compressor writes up to 1 MiB ahead of the Python thread reading it (which may be waiting for the GIL)."""
+    size = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+    with Pipeline([("first", ["cat"]), ("second", ["cat"])], stdin=PIPE, stdout=PIPE) as pipeline:
+        first, second = pipeline.procs
+        assert fcntl.fcntl(first.stdin.fileno(), size) == 1024 * 1024
+        assert fcntl.fcntl(second.stdout.fileno(), size) == 1024 * 1024
+        middle = os.readlink("/proc/%d/fd/1" % first.pid)
+        assert os.readlink("/proc/%d/fd/0" % second.pid) == middle and middle.startswith("pipe:")
+        with open("/proc/%d/fd/0" % second.pid, "rb") as middle_pipe:
+            assert fcntl.fcntl(middle_pipe.fileno(), size) == 1024 * 1024
+        block = os.urandom(512 * 1024 + 17)
+        pipeline.stdin.write(block)
+        pipeline.stdin.close()
+        assert pipeline.stdout.read() == block
+        assert pipeline.wait() == [0, 0]
+
+
 def test_widen_pipe_makes_a_pipe_1_mib_and_leaves_other_descriptors_alone(tmp_path):
     read_end, write_end = os.pipe()
     try:
