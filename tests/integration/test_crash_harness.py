@@ -262,3 +262,19 @@ def test_scratch_verify_killed_leaves_no_scratch_volume(engine, mm_docker, two_v
     assert [name for name in scratch if engine.volume(name)] == []
     assert journals(backup_root) == {}
     assert mm_docker.running(user)
+
+
+def test_pg_split_dump_repairs_what_a_killed_volume_run_left(pg_server, seeded_db, engine, mm_docker, two_volumes, backup_root):
+    """The shared journal: the next run of either module repairs; pg_split_dump loads the volume repairers only then."""
+    names, user, base = two_volumes
+    killed_at(dict(base, state="verify", src="latest", scratch_restore=True), "rename", 3, module=VOLUME_MODULE)
+    scratch = [s["name"] for steps in journals(backup_root).values() for s in steps["steps"] if s["step"] == "scratch_volume"]
+    assert len(scratch) == 2 and all(engine.volume(name) for name in scratch)
+
+    checked = run_module(conn_args(pg_server, db=seeded_db, dest=os.path.join(backup_root, "database"), state="check",
+                                   critical_tables={"ventas": 1}))
+    assert checked["_rc"] == 0, checked
+    assert sorted(e["repair"] for e in checked["repaired"]) == sorted("removed scratch volume %s" % n for n in scratch)
+    assert [name for name in scratch if engine.volume(name)] == []
+    assert journals(backup_root) == {}
+    assert mm_docker.running(user) and len(names) == 2
