@@ -68,6 +68,8 @@ bench: setup
 	$(BIN)/python bench/bench_pg_split_dump.py --rows $${PG_BENCH_ROWS:-1800000}
 	$(BIN)/python bench/bench_pg_split_dump.py --container --rows $${PG_BENCH_ROWS:-1800000}
 	$(BIN)/python bench/bench_docker_volume_archive.py --size-mb $${VOLUME_BENCH_MB:-2000}
+	$(BIN)/python bench/bench_volume_reader.py --compression zstd
+	$(BIN)/python bench/bench_volume_reader.py --compression gzip
 	$(BIN)/python bench/bench_service_downtime.py --redis-keys $${REDIS_BENCH_KEYS:-200000}
 
 build: venv

@@ -16,8 +16,9 @@ splits the file at absolute 64 KiB boundaries and hashes only the blocks that
 are not all zeros (plus the lengths of the zero runs), so a sparse hole and a
 run of written zeros give the same digest, and a 2 GiB hole costs nothing.
 
-``tarfile`` is only used to *parse*; every safety decision is made here,
-because this Python's ``tarfile`` filters predate the 2025 bypass fixes.
+``tarfile`` (archive files) and ``_tar_headers`` (GNU tar's own stream of the
+volumes) only *parse*; every safety decision is made here, because this
+Python's ``tarfile`` filters predate the 2025 bypass fixes.
 """
 
 import collections
@@ -31,6 +32,7 @@ import tarfile
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import TAR_PARSE_ERRORS, damaged_archive
 from ansible_collections.minimarket.backup.plugins.module_utils._process import widen_pipe
+from ansible_collections.minimarket.backup.plugins.module_utils._tar_headers import members
 
 BLOCK = 64 * 1024
 ZERO_BLOCK = bytes(BLOCK)
@@ -486,37 +488,56 @@ def scan_stream(reader, volumes=None, checker=None, on_member=None, contents=Tru
     lets callers copy members (API mode) while the digest is computed;
     ``contents=False`` skips hashing file data (the digest is then meaningless).
     ``name`` is the archive's file name; None when the stream comes straight
-    from the volumes (archiving, or reading a restore back).
+    from the volumes (archiving, or reading a restore back).  ``checker``
+    (an archive file, which may come from anywhere) keeps tarfile as the parser;
+    GNU tar's own stream from a pipe is read by the cheaper _tar_headers.
     """
     digests = {}
-    direct = isinstance(reader, PipeReader)
     try:
-        # A PipeReader hands member data over directly (_DataRegion), so tarfile reads one block at a time.
-        archive = tarfile.open(fileobj=reader, mode="r|", bufsize=tarfile.BLOCKSIZE if direct else STREAM_BUFFER, tarinfo=StrictTarInfo)
-        for member in archive:
-            if checker is not None:
-                checker.check(member)
+        if isinstance(reader, PipeReader) and checker is None and on_member is None:
+            found = _gnu_members(reader, contents)
+        else:
+            found = _tarfile_members(reader, checker, on_member, contents)
+        for member, content in found:
             volume = volume_of(member.name)
             if volumes is not None and volume not in volumes:
                 raise BackupError("archive holds %r, which is not a listed volume" % volume)
             if volume not in digests:
                 digests[volume] = VolumeDigest(volume)
-            content = None
-            if on_member is not None:
-                content = on_member(archive, member)
-            elif direct:
-                hasher = ContentHasher() if member.isreg() and contents else None
-                content = _DataRegion(reader, archive.fileobj, archive.offset).pass_through(member, hasher)
-            elif member.isreg() and contents:
-                content = hash_member_content(archive, member)
             digests[volume].add(member, content)
-            # tarfile keeps every TarInfo it has seen: forget them so memory stays flat at any file count.
-            del archive.members[:]
     except TAR_PARSE_ERRORS + (OSError,) as exc:
         if name is None:
             raise BackupError("the tar stream read from the volumes cannot be parsed (%s): nothing was written; run again" % exc)
         raise damaged_archive(name, exc)
     return dict((volume, digest.summary()) for volume, digest in digests.items())
+
+
+def _gnu_members(reader, contents):
+    """(member, content digest) of GNU tar's posix stream, the data read past the parser straight from the pipe."""
+    for member, data in members(reader.read):
+        hasher = ContentHasher() if member.isreg() and contents else None
+        yield member, _DataRegion(reader, data).pass_through(member, hasher)
+
+
+def _tarfile_members(reader, checker, on_member, contents):
+    """(member, content digest) of any tar stream, each member checked by ``checker`` before its data is read."""
+    direct = isinstance(reader, PipeReader)
+    # A PipeReader hands member data over directly (_DataRegion), so tarfile reads one block at a time.
+    archive = tarfile.open(fileobj=reader, mode="r|", bufsize=tarfile.BLOCKSIZE if direct else STREAM_BUFFER, tarinfo=StrictTarInfo)
+    for member in archive:
+        if checker is not None:
+            checker.check(member)
+        content = None
+        if on_member is not None:
+            content = on_member(archive, member)
+        elif direct:
+            hasher = ContentHasher() if member.isreg() and contents else None
+            content = _DataRegion.after(reader, archive.fileobj, archive.offset).pass_through(member, hasher)
+        elif member.isreg() and contents:
+            content = hash_member_content(archive, member)
+        yield member, content
+        # tarfile keeps every TarInfo it has seen: forget them so memory stays flat at any file count.
+        del archive.members[:]
 
 
 class GatedReader(object):
@@ -622,19 +643,25 @@ class TarSink(object):
 
 
 class _DataRegion(object):
-    """A member's data region, read past tarfile's stream straight from the gate.
+    """A member's data region (``left`` bytes, padding included), read past the parser straight from the gate."""
 
-    tarfile's stream copies every read twice; the region's bounds are
-    tarfile's own (from ``stream.pos`` to the next header), and ``stream.pos``
-    is moved past it, so tarfile parses on from the same offset.
-    """
-
-    def __init__(self, gate, stream, end):
+    def __init__(self, gate, left, head=b""):
         self.gate = gate
-        self.left = end - stream.pos
-        self.head = memoryview(stream.buf)
+        self.left = left
+        self.head = memoryview(head)
+
+    @classmethod
+    def after(cls, gate, stream, end):
+        """The region tarfile's stream is at: from ``stream.pos`` to the next header at ``end``.
+
+        tarfile's stream copies every read twice; the bytes it already holds
+        are taken over and ``stream.pos`` is moved past the region, so tarfile
+        parses on from the same offset.
+        """
+        region = cls(gate, end - stream.pos, stream.buf)
         stream.buf = b""
         stream.pos = end
+        return region
 
     def read(self, size):
         size = min(size, self.left)
@@ -698,7 +725,7 @@ def extract_stream(source, checker, sinks, name):
             if volume not in digests:
                 digests[volume] = VolumeDigest(volume, layout=True)
             hasher = ContentHasher() if member.isreg() and sink is not None else None
-            digests[volume].add(member, _DataRegion(gate, archive.fileobj, archive.offset).pass_through(member, hasher))
+            digests[volume].add(member, _DataRegion.after(gate, archive.fileobj, archive.offset).pass_through(member, hasher))
             del archive.members[:]
         gate.drain()
     except BrokenPipeError:
