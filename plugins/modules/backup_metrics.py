@@ -30,12 +30,12 @@ description:
     directory, so a scrape never sees a half-written file and concurrent runs do not lose each other's update.
 author:
   - Mini Market operations (!UNKNOWN)
+extends_documentation_fragment:
+  - minimarket.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
     description:

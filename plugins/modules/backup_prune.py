@@ -33,10 +33,8 @@ author:
   - Mini Market operations (!UNKNOWN)
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
   idempotent:
     description:
@@ -65,6 +63,7 @@ options:
 extends_documentation_fragment:
   - minimarket.backup.retention
   - minimarket.backup.backup_set
+  - minimarket.backup.attributes
 notes:
   - Days, weeks, months and years are UTC, like the timestamps in the file names.
 seealso:

@@ -52,19 +52,17 @@ extends_documentation_fragment:
   - minimarket.backup.backup_set
   - minimarket.backup.backup_set.ENVIRONMENT
   - minimarket.backup.encryption
+  - minimarket.backup.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - O(state=dump) and O(state=restore) check the server and the archive and report what they would do.
       - O(state=verify) only checks the archive's checksum (and that O(age_identity_file) opens an encrypted one) in check mode.
       - O(state=check) changes nothing and runs in check mode as usual.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
     support: none
     details:
       - Every O(state=dump) writes a new backup and every O(state=restore) restores again. O(state=check) never changes anything.
