@@ -257,8 +257,8 @@ def with_checksum(header):
 
 
 def unparsable_sparse_archives(parent, vol):
-    """GNU tar's own archives of a volume holding a sparse file, each with its sparse information damaged so
-    that Python's tarfile cannot parse it, though every tar header checksum is valid.
+    """GNU tar's own archives of a volume holding a sparse file, each damaged (or in another tar format) so that
+    the header parser refuses it, though every tar header checksum is valid.
 
     Returns {case: (tar bytes, what the parser says, the volume records a backup of the intact archive
     declares)}, so the damage is the only thing that can fail.  ``parent/vol`` is made here.
@@ -278,31 +278,30 @@ def unparsable_sparse_archives(parent, vol):
                               + list(options) + [vol], stdout=subprocess.PIPE, check=True).stdout
 
     pax = gnu_tar("--format=posix")  # what mode=host writes: GNU sparse 1.0, the map ahead of the data
-    old = gnu_tar("--format=gnu")  # the map in the member's header
-
-    def records(intact):
-        summary = scan_stream(io.BytesIO(intact))[vol]
-        return [{"name": vol, "driver": "local", "files": summary["files"], "size": summary["size"], "sha256": summary["sha256"]}]
-
-    cases = {}
+    summary = scan_stream(io.BytesIO(pax))[vol]
+    records = [{"name": vol, "driver": "local", "files": summary["files"], "size": summary["size"], "sha256": summary["sha256"]}]
+    realsize = pax.index(b"GNU.sparse.realsize=4194304")
+    extended = realsize - realsize % tarfile.BLOCKSIZE - tarfile.BLOCKSIZE  # the sparse member's pax header
+    member = extended + tarfile.BLOCKSIZE + -(-int(pax[extended + 124:extended + 136].strip(b" \0"), 8) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
     start = pax.index(b"\n1048576\n") - 1  # the sparse map block: "<count>\n<offset>\n<size>\n..."
     block = start - start % tarfile.BLOCKSIZE
-    cases["sparse-map-without-newline"] = (pax[:block] + b"9" * tarfile.BLOCKSIZE + pax[block + tarfile.BLOCKSIZE:],
-                                           "not enough values to unpack (expected 2, got 1)", records(pax))
-    realsize = pax.index(b"GNU.sparse.realsize=4194304")
-    cases["sparse-size-not-a-number"] = (pax[:realsize] + b"GNU.sparse.realsize=41943x4" + pax[realsize + 27:],
-                                         "invalid literal for int() with base 10: '41943x4'", records(pax))
-    offset = next(offset for offset in range(0, len(old), tarfile.BLOCKSIZE) if old[offset + 156:offset + 157] == b"S")
-    header = bytearray(old[offset:offset + tarfile.BLOCKSIZE])
-    header[386:398] = b"0004000000x\0"  # the first sparse entry's offset, not octal
-    cases["sparse-map-in-header"] = (old[:offset] + with_checksum(header) + old[offset + tarfile.BLOCKSIZE:],
-                                     "header at offset %d: invalid header" % offset, records(old))
-    header = bytearray(old[offset:offset + tarfile.BLOCKSIZE])
-    header[482] = 1  # "more sparse entries follow", and the archive ends
-    cases["sparse-extension-past-the-end"] = (old[:offset] + with_checksum(header), "index out of range", records(old))
-    for data, unused, unused_records in cases.values():
+    numbers = pax[block:block + tarfile.BLOCKSIZE].rstrip(b"\0").split(b"\n")  # count, offset, length, ..., ""
+    numbers[2] = b"%d" % (int(numbers[2]) + tarfile.BLOCKSIZE)  # the data region one block longer than stored
+    longer = b"\n".join(numbers).ljust(tarfile.BLOCKSIZE, b"\0")
+    cases = {
+        "sparse-map-without-newline": (pax[:block] + b"9" * tarfile.BLOCKSIZE + pax[block + tarfile.BLOCKSIZE:],
+                                       "not enough values to unpack (expected 2, got 1)"),
+        "sparse-size-not-a-number": (pax[:realsize] + b"GNU.sparse.realsize=41943x4" + pax[realsize + 27:],
+                                     "header at offset %d: GNU.sparse.realsize '41943x4' is not a decimal number" % member),
+        # tarfile took this map and read 200 bytes of the next member as this one's; GNU tar reads the data by the map
+        "sparse-map-past-the-data": (pax[:block] + longer + pax[block + tarfile.BLOCKSIZE:],
+                                     "header at offset %d: the sparse map of %s/sparse.img does not add up to its stored data" % (member, vol)),
+        # --format=gnu: the map in the member's header, GNU long names; this module never writes it
+        "gnu-format": (gnu_tar("--format=gnu"), "header at offset 0: not a POSIX (pax) tar header, magic b'ustar  \\x00'"),
+    }
+    for data, unused in cases.values():
         for start in range(0, len(data), tarfile.BLOCKSIZE):
             block = data[start:start + tarfile.BLOCKSIZE]
             if block[257:262] == b"ustar":
                 assert int(block[148:155].strip(b" \0"), 8) in tarfile.calc_chksums(block)
-    return cases
+    return dict((case, (data, detail, records)) for case, (data, detail) in cases.items())

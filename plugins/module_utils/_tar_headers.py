@@ -1,15 +1,17 @@
 # Copyright (c) 2026 Mini Market
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The headers GNU tar writes with ``--format=posix``, parsed at a fraction of tarfile's cost.
+"""The tar headers this module writes (POSIX pax), parsed strictly and at a fraction of tarfile's cost.
 
-Archiving reads GNU tar's stream of the live volumes, and tarfile spent about
-half of that reader's time on the two headers and the pax record every member
-has (bench/README.md).  This parser knows exactly what ``--format=posix``
-writes (ustar headers, ``x`` extended headers, GNU sparse 1.0) and gives the
-same fields as tarfile for it, so the content digest does not depend on which
-of them read the stream; anything else is refused, never guessed.  Archives
-read back for verify and restore may come from anywhere and still go through
-tarfile and the safety checks.
+Every archive is POSIX pax: GNU tar ``--format=posix`` in host mode, tarfile's
+pax writer in API mode.  This parser reads exactly that (ustar headers with the
+POSIX magic, one ``x`` extended header before a member, GNU sparse 1.0) and
+gives the same fields as tarfile, so a content digest does not depend on which
+of them read a stream; it spent about half of the reader's time on the headers
+(bench/README.md).  Anything else is refused, never guessed: restore forwards
+the bytes it parsed to GNU tar, so every number that decides where a member
+ends (sizes, the sparse map) must read the same to both, and GNU tar skips a
+malformed pax number with only an error message where tarfile's int() takes
+``1_2`` or ``+12``.
 """
 
 import re
@@ -17,10 +19,12 @@ import struct
 import tarfile
 
 BLOCKSIZE = tarfile.BLOCKSIZE
-# What GNU tar writes in posix format for the members a volume can hold.
+# The member types of a volume (what GNU tar --format=posix and tarfile's pax writer write for them).
 MEMBER_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE,
                           tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE))
 REGULAR = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE))
+POSIX_MAGIC = tarfile.POSIX_MAGIC  # "ustar\0" and version "00"
+OCTAL = re.compile(br" *([0-7]*) *")
 PAX_RECORD = re.compile(br"(\d+) ([^=]+)=")
 SIGNED = struct.Struct("148b8x356b")
 # name, mode, uid, gid, size, mtime, chksum, type, linkname, magic+version, uname+gname+devmajor+devminor, prefix
@@ -46,6 +50,23 @@ def _number(field):
         value = int.from_bytes(field[1:], "big")
         return value - 256 ** (len(field) - 1) if field[0] == 0o377 else value
     return int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+
+
+def _size(field, offset):
+    """A size field, which frames the stream: octal digits only (or positive GNU base-256), else the header is damaged."""
+    if field[0] == 0o200:
+        return _number(field)
+    match = OCTAL.fullmatch(field.split(b"\0", 1)[0])
+    if match is None:
+        raise EOFError("header at offset %d: the size field %r is not an octal number" % (offset, bytes(field)))
+    return int(match.group(1) or b"0", 8)
+
+
+def _decimal(text, what, offset):
+    """A decimal number of a pax record or the sparse map: ASCII digits only."""
+    if not (text.isascii() and text.isdigit()):
+        raise EOFError("header at offset %d: %s %r is not a decimal number" % (offset, what, text))
+    return int(text)
 
 
 def _padded(size):
@@ -77,6 +98,8 @@ def _checked(buf, offset):
     chksum = _number(buf[148:156])
     if chksum != 256 + sum(buf) - sum(buf[148:156]) and chksum != 256 + sum(SIGNED.unpack(buf)):
         raise EOFError("header at offset %d: bad checksum" % offset)
+    if buf[257:265] != POSIX_MAGIC:
+        raise EOFError("header at offset %d: not a POSIX (pax) tar header, magic %r" % (offset, bytes(buf[257:265])))
     return buf
 
 
@@ -98,7 +121,7 @@ def _header(buf, offset):
     member.mode = _number(mode)
     member.uid = _number(uid)
     member.gid = _number(gid)
-    member.size = _number(size)
+    member.size = _size(size, offset)
     member.mtime = _number(mtime)
     member.linkname = _text(linkname)
     member.pax_headers = {}
@@ -122,13 +145,13 @@ def _pax_records(data, offset):
         position += length
 
 
-def _apply(member, records):
+def _apply(member, records, offset):
     """The pax records override the ustar fields, in the order they came (tarfile's _apply_pax_info)."""
     for keyword, value in records.items():
         if keyword == "GNU.sparse.name":
             member.name = value
         elif keyword == "GNU.sparse.realsize":
-            member.size = int(value)
+            member.size = _decimal(value, keyword, offset)
         elif keyword == "path":
             member.name = value.rstrip("/")
         elif keyword == "linkpath":
@@ -146,8 +169,9 @@ def _sparse_map(read, offset):
     buf = read(BLOCKSIZE)
     used = BLOCKSIZE
     count, buf = buf.split(b"\n", 1)
+    count = _decimal(count.decode("ascii", "replace"), "the sparse map's count", offset)
     numbers = []
-    while len(numbers) < int(count) * 2:
+    while len(numbers) < count * 2:
         if b"\n" not in buf:
             more = read(BLOCKSIZE)
             if len(more) != BLOCKSIZE:
@@ -155,12 +179,23 @@ def _sparse_map(read, offset):
             buf += more
             used += BLOCKSIZE
         number, buf = buf.split(b"\n", 1)
-        numbers.append(int(number))
+        numbers.append(_decimal(number.decode("ascii", "replace"), "a sparse map entry", offset))
     return list(zip(numbers[::2], numbers[1::2])), used
 
 
+def _check_sparse(member, stored, offset):
+    """The map must describe exactly the stored bytes, in order, inside the file: GNU tar reads the data by it."""
+    position = 0
+    for start, length in member.sparse:
+        if start < position or start + length > member.size:
+            raise EOFError("header at offset %d: the sparse map of %s is out of order or past the file's size" % (offset, member.name))
+        position = start + length
+    if sum(length for unused, length in member.sparse) != stored:
+        raise EOFError("header at offset %d: the sparse map of %s does not add up to its stored data" % (offset, member.name))
+
+
 def members(read):
-    """Yield ``(member, data)`` for GNU tar's stream read through ``read(size)``.
+    """Yield ``(member, data)`` for a POSIX tar stream read through ``read(size)``.
 
     ``data`` is how many bytes follow the headers (padding included); the
     caller consumes exactly that many before asking for the next member.
@@ -173,24 +208,28 @@ def members(read):
             return
         records = None
         if buf[156:157] == tarfile.XHDTYPE:
-            size = _padded(_number(_checked(buf, offset)[124:136]))
+            size = _padded(_size(_checked(buf, offset)[124:136], offset))
             records = _pax_records(read(size), offset)
             offset += BLOCKSIZE + size
             buf = read(BLOCKSIZE)
         member = _header(buf, offset)
         if member.type not in MEMBER_TYPES:
-            raise tarfile.ReadError("header at offset %d: member type %r is not one GNU tar writes in posix format" % (
+            raise tarfile.ReadError("header at offset %d: member type %r is not one this module writes" % (
                 offset, member.type))
-        data = 0
-        if member.isreg():
-            data = _padded(int(records.get("size", member.size)) if records else member.size)
+        size = _decimal(records["size"], "the pax size", offset) if records and "size" in records else member.size
+        if not member.isreg() and size:
+            raise EOFError("header at offset %d: a %r member with %d bytes of data" % (offset, member.type, size))
+        data = _padded(size)
         end = offset + BLOCKSIZE + data
         if records is not None:
-            if records.get("GNU.sparse.major") == "1" and records.get("GNU.sparse.minor") == "0":
+            sparse = records.get("GNU.sparse.major") == "1" and records.get("GNU.sparse.minor") == "0"
+            if sparse:
                 member.sparse, used = _sparse_map(read, offset)
                 data -= used
             elif any(key.startswith("GNU.sparse.") for key in records):
                 raise tarfile.ReadError("header at offset %d: a GNU sparse format other than 1.0" % offset)
-            _apply(member, records)
+            _apply(member, records, offset)
+            if sparse:
+                _check_sparse(member, size - used, offset)
         yield member, data
         offset = end

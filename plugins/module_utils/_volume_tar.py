@@ -16,9 +16,9 @@ splits the file at absolute 64 KiB boundaries and hashes only the blocks that
 are not all zeros (plus the lengths of the zero runs), so a sparse hole and a
 run of written zeros give the same digest, and a 2 GiB hole costs nothing.
 
-``tarfile`` (archive files) and ``_tar_headers`` (GNU tar's own stream of the
-volumes) only *parse*; every safety decision is made here, because this
-Python's ``tarfile`` filters predate the 2025 bypass fixes.
+``_tar_headers`` (everything this module wrote) and ``tarfile`` (the Engine
+archive API's stream) only *parse*; every safety decision is made here,
+because this Python's ``tarfile`` filters predate the 2025 bypass fixes.
 """
 
 import collections
@@ -132,32 +132,6 @@ class ContentHasher(object):
             self._zero_blocks = 0
         self._digest.update(b"S%d" % self.size)
         return self._digest.hexdigest()
-
-
-def hash_member_content(archive, member):
-    """Canonical digest of a regular member, reading only stored data (sparse holes are skipped).
-
-    The stored segments are read straight from the archive stream (they are
-    contiguous from ``offset_data``): ``extractfile`` cannot seek in a stream
-    and would expand holes into zeros.
-    """
-    hasher = ContentHasher()
-    stream = archive.fileobj
-    stream.seek(member.offset_data)
-    segments = member.sparse if member.sparse is not None else [(0, member.size)]
-    position = 0
-    for offset, length in segments:
-        hasher.hole(offset - position)
-        remaining = length
-        while remaining:
-            block = stream.read(min(READ, remaining))
-            if not block:
-                raise EOFError("member %s is truncated" % member.name)
-            hasher.data(block)
-            remaining -= len(block)
-        position = offset + length
-    hasher.hole(member.size - position)
-    return hasher.hexdigest()
 
 
 def _xattr_record(member):
@@ -331,7 +305,7 @@ def _read_into(fd, view):
 class PipeReader(object):
     """Reads a pipe into one reusable buffer: one copy per byte, none for data nobody needs.
 
-    tarfile reads headers through ``read``; member data goes through ``view``
+    The header parser reads through ``read``; member data goes through ``view``
     (memoryviews of the buffer, valid until the next call) or ``skip``
     (spliced to /dev/null).  With ``copy_to`` (a sink with ``tee_fd`` and
     ``broken``), the kernel first copies every byte into that sink's pipe
@@ -407,9 +381,9 @@ def _splice_to_null(fd, size):
 class GatedPipe(object):
     """Restore's reader of a decompressed pipe: headers are held until checked, data goes to its sink by tee(2).
 
-    tarfile reads one block at a time, so nothing past the current header is
-    ever read; ``release`` writes the checked member's held headers to its
-    sink, then ``view`` has the kernel copy the member's data into the sink's
+    The header parser reads exactly the header blocks, so nothing past the
+    current header is ever read; ``release`` writes the checked member's held
+    headers to its sink, then ``view`` has the kernel copy the member's data into the sink's
     pipe before reading it once for the content digest.
     """
 
@@ -430,7 +404,7 @@ class GatedPipe(object):
         self._held.append(data)
         return data
 
-    def release(self, unused_end, sink):
+    def release(self, unused_data, sink):
         """The held headers go to ``sink`` (None: dropped); the member's data follows them there."""
         if sink is not None:
             for data in self._held:
@@ -463,8 +437,24 @@ class GatedPipe(object):
             pass
 
 
-class TeeReader(object):
-    """File-like reader that copies every byte it returns to ``sink`` (archive in one pass)."""
+class _BlockReader(object):
+    """``view`` and ``skip`` over ``read``: member data for readers of file objects (no kernel copies)."""
+
+    def view(self, size):
+        return memoryview(self.read(min(size, READ)))
+
+    def skip(self, size):
+        left = size
+        while left:
+            got = len(self.read(min(left, READ)))
+            if not got:
+                break
+            left -= got
+        return size - left
+
+
+class TeeReader(_BlockReader):
+    """File-like reader that copies every byte it returns to ``sink`` (archive in one pass); the portable PipeReader."""
 
     def __init__(self, source, sink=None):
         self.source = source
@@ -488,16 +478,17 @@ def scan_stream(reader, volumes=None, checker=None, on_member=None, contents=Tru
     lets callers copy members (API mode) while the digest is computed;
     ``contents=False`` skips hashing file data (the digest is then meaningless).
     ``name`` is the archive's file name; None when the stream comes straight
-    from the volumes (archiving, or reading a restore back).  ``checker``
-    (an archive file, which may come from anywhere) keeps tarfile as the parser;
-    GNU tar's own stream from a pipe is read by the cheaper _tar_headers.
+    from the volumes (archiving, or reading a restore back).  What this module
+    wrote (GNU tar's posix stream, or tarfile's pax rewrite of the Engine's)
+    is read by _tar_headers; only the Engine's own stream (``on_member``),
+    which may use any tar dialect, goes through tarfile.
     """
     digests = {}
     try:
-        if isinstance(reader, PipeReader) and checker is None and on_member is None:
-            found = _gnu_members(reader, contents)
+        if on_member is not None:
+            found = _engine_members(reader, on_member)
         else:
-            found = _tarfile_members(reader, checker, on_member, contents)
+            found = _members(reader if isinstance(reader, (PipeReader, TeeReader)) else TeeReader(reader), checker, contents)
         for member, content in found:
             volume = volume_of(member.name)
             if volumes is not None and volume not in volumes:
@@ -512,60 +503,51 @@ def scan_stream(reader, volumes=None, checker=None, on_member=None, contents=Tru
     return dict((volume, digest.summary()) for volume, digest in digests.items())
 
 
-def _gnu_members(reader, contents):
-    """(member, content digest) of GNU tar's posix stream, the data read past the parser straight from the pipe."""
-    for member, data in members(reader.read):
-        hasher = ContentHasher() if member.isreg() and contents else None
-        yield member, _DataRegion(reader, data).pass_through(member, hasher)
-
-
-def _tarfile_members(reader, checker, on_member, contents):
-    """(member, content digest) of any tar stream, each member checked by ``checker`` before its data is read."""
-    direct = isinstance(reader, PipeReader)
-    # A PipeReader hands member data over directly (_DataRegion), so tarfile reads one block at a time.
-    archive = tarfile.open(fileobj=reader, mode="r|", bufsize=tarfile.BLOCKSIZE if direct else STREAM_BUFFER, tarinfo=StrictTarInfo)
-    for member in archive:
+def _members(gate, checker, contents):
+    """(member, content digest) of a posix stream; each member checked by ``checker`` before its data is read."""
+    for member, data in members(gate.read):
         if checker is not None:
             checker.check(member)
-        content = None
-        if on_member is not None:
-            content = on_member(archive, member)
-        elif direct:
-            hasher = ContentHasher() if member.isreg() and contents else None
-            content = _DataRegion.after(reader, archive.fileobj, archive.offset).pass_through(member, hasher)
-        elif member.isreg() and contents:
-            content = hash_member_content(archive, member)
-        yield member, content
+        hasher = ContentHasher() if member.isreg() and contents else None
+        yield member, _DataRegion(gate, data).pass_through(member, hasher)
+
+
+def _engine_members(reader, on_member):
+    """(member, what ``on_member`` returns) of the Engine archive API's stream, parsed by tarfile."""
+    archive = tarfile.open(fileobj=reader, mode="r|", bufsize=STREAM_BUFFER, tarinfo=StrictTarInfo)
+    for member in archive:
+        yield member, on_member(archive, member)
         # tarfile keeps every TarInfo it has seen: forget them so memory stays flat at any file count.
         del archive.members[:]
 
 
-class GatedReader(object):
-    """File-like reader for tarfile that passes on only the bytes of members already checked.
+class GatedReader(_BlockReader):
+    """Restore's reader of any other stream: passes on only the bytes of members already checked.
 
-    tarfile must read a member's headers before they can be checked, so bytes
-    past the last released offset wait here (one member's headers plus
-    tarfile's read-ahead); released ranges go to their sink as memoryviews,
-    without copies.
+    A member's headers must be read before they can be checked, so the bytes
+    read past the last release wait here (one member's headers); released
+    ranges go to their sink as memoryviews, without copies.
     """
 
     def __init__(self, source):
         self.source = source
         self._pending = collections.deque()
         self._offset = 0
+        self._taken = 0
         self._limit = 0
         self._sink = None
 
     def read(self, size=-1):
         data = self.source.read(size)
         if data:
+            self._taken += len(data)
             self._pending.append(memoryview(data))
             self._flush()
         return data
 
-    def release(self, end, sink):
-        """Stream bytes up to offset ``end`` go to ``sink`` (None: dropped)."""
-        self._limit = end
+    def release(self, data, sink):
+        """The headers read so far and the ``data`` bytes that follow them go to ``sink`` (None: dropped)."""
+        self._limit = self._taken + data
         self._sink = sink
         self._flush()
 
@@ -580,18 +562,6 @@ class GatedReader(object):
                 self._pending.popleft()
             else:
                 self._pending[0] = chunk[take:]
-
-    def view(self, size):
-        return memoryview(self.read(size))
-
-    def skip(self, size):
-        left = size
-        while left:
-            got = len(self.read(min(left, READ)))
-            if not got:
-                break
-            left -= got
-        return size - left
 
     def drain(self):
         """Read what follows the end-of-archive marker (so the archive is hashed whole) and drop it."""
@@ -645,33 +615,15 @@ class TarSink(object):
 class _DataRegion(object):
     """A member's data region (``left`` bytes, padding included), read past the parser straight from the gate."""
 
-    def __init__(self, gate, left, head=b""):
+    def __init__(self, gate, left):
         self.gate = gate
         self.left = left
-        self.head = memoryview(head)
-
-    @classmethod
-    def after(cls, gate, stream, end):
-        """The region tarfile's stream is at: from ``stream.pos`` to the next header at ``end``.
-
-        tarfile's stream copies every read twice; the bytes it already holds
-        are taken over and ``stream.pos`` is moved past the region, so tarfile
-        parses on from the same offset.
-        """
-        region = cls(gate, end - stream.pos, stream.buf)
-        stream.buf = b""
-        stream.pos = end
-        return region
 
     def read(self, size):
         size = min(size, self.left)
         if not size:
             return b""
-        if self.head:
-            data = self.head[:size]
-            self.head = self.head[len(data):]
-        else:
-            data = self.gate.view(size)
+        data = self.gate.view(size)
         self.left -= len(data)
         return data
 
@@ -690,8 +642,6 @@ class _DataRegion(object):
                     remaining -= len(block)
                 position = offset + length
             hasher.hole(member.size - position)
-        if self.head:
-            self.read(len(self.head))
         if self.left:
             self.left -= self.gate.skip(self.left)
             if self.left:
@@ -715,18 +665,15 @@ def extract_stream(source, checker, sinks, name):
     gate = GatedPipe(source) if is_pipe(source) else GatedReader(source)
     digests = {}
     try:
-        # One block at a time: tarfile then never holds bytes past the header it parsed, and data goes through _DataRegion.
-        archive = tarfile.open(fileobj=gate, mode="r|", bufsize=tarfile.BLOCKSIZE, tarinfo=StrictTarInfo)
-        for member in archive:
+        for member, data in members(gate.read):
             checker.check(member)
             volume = volume_of(member.name)
             sink = sinks.get(volume)
-            gate.release(archive.offset, sink)
+            gate.release(data, sink)
             if volume not in digests:
                 digests[volume] = VolumeDigest(volume, layout=True)
             hasher = ContentHasher() if member.isreg() and sink is not None else None
-            digests[volume].add(member, _DataRegion.after(gate, archive.fileobj, archive.offset).pass_through(member, hasher))
-            del archive.members[:]
+            digests[volume].add(member, _DataRegion(gate, data).pass_through(member, hasher))
         gate.drain()
     except BrokenPipeError:
         raise

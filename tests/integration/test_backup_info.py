@@ -14,8 +14,7 @@ from testenv import pgcompare
 from tests import pg_fixtures
 from tests.integration.test_offsite import files, snapshot
 from tests.integration.test_offsite import run_module as run_offsite
-from tests.integration.test_offsite_playbooks import inventory
-from tests.integration.test_playbooks import ansible
+from tests.integration.test_playbooks import ansible, local_inventory
 from tests.pg_fixtures import conn_args, run_module
 from tests.retention_fixtures import BackupDir
 
@@ -162,7 +161,7 @@ def complete_names(directory, kind, environment):
 def run_recent(tmp_path, playbook_text, directory, kind, **hostvars):
     playbook = tmp_path / "recent.yml"
     playbook.write_text(playbook_text)
-    hosts = inventory(tmp_path, minimarket_environment="testing", **hostvars)
+    hosts = local_inventory(tmp_path, "testing", **hostvars)
     before = complete_names(directory, kind, "testing")
     proc = ansible("ansible-playbook", "-i", hosts, str(playbook))
     out = proc.stdout + proc.stderr
@@ -238,9 +237,9 @@ def test_database_restore_of_latest_fetches_the_good_copy_when_the_local_newest_
     damaged = newer_damaged(local, dumped["archive"], "database")
     pg_server.execute("UPDATE productos SET nombre = 'damaged'", seeded_db)
 
-    hosts = inventory(tmp_path, minimarket_environment="testing", minimarket_db_tools_in_container=False,
-                      minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host, minimarket_db_port=pg_server.port,
-                      minimarket_db_user=pg_server.user, minimarket_db_password=pg_server.password, **offsite)
+    hosts = local_inventory(tmp_path, "testing", minimarket_db_tools_in_container=False,
+                            minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host, minimarket_db_port=pg_server.port,
+                            minimarket_db_user=pg_server.user, minimarket_db_password=pg_server.password, **offsite)
     proc = ansible("ansible-playbook", "-i", hosts, "playbooks/restore_database.yml", "-e", "backup_file=latest", "-e", "confirm=yes")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
@@ -269,7 +268,7 @@ def test_volume_restore_of_latest_fetches_the_good_copy_when_the_local_newest_is
     with open(data, "wb") as handle:
         handle.write(b"damaged")
 
-    hosts = inventory(tmp_path, minimarket_environment="testing", minimarket_volumes=[volume], **offsite)
+    hosts = local_inventory(tmp_path, "testing", minimarket_volumes=[volume], **offsite)
     proc = ansible("ansible-playbook", "-i", hosts, "playbooks/restore_volumes.yml", "-e", "backup_file=latest", "-e", "confirm=yes")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out

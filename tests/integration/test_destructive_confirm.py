@@ -8,25 +8,15 @@ import re
 
 import psycopg
 import pytest
-import yaml
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive
 from testenv import pgcompare
-from tests.integration.test_playbooks import ansible
+from tests.integration.test_playbooks import ansible, local_inventory
 from tests.pg_fixtures import conn_args, run_module
 
 pytest_plugins = ["tests.pg_fixtures", "tests.volume_fixtures"]
 
 TAKEN = re.compile(r"\(taken \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, [0-9.]+ (KiB|MiB|bytes), environment testing\)")
-
-
-def inventory(tmp_path, **hostvars):
-    path = tmp_path / "hosts.yml"
-    host = dict(ansible_connection="local", ansible_python_interpreter="{{ ansible_playbook_python }}",
-                minimarket_environment="testing", minimarket_backup_root=str(tmp_path / "backups"))
-    host.update(hostvars)
-    path.write_text(yaml.safe_dump({"backup_hosts": {"hosts": {"localhost": host}}}))
-    return str(path)
 
 
 def refusal(proc):
@@ -46,9 +36,9 @@ def dumped(pg_server, seeded_db, tmp_path, dropped_databases):
     dest.mkdir(parents=True)
     result = run_module(conn_args(pg_server, state="dump", db=seeded_db, dest=str(dest), environment="testing"))
     assert result["_rc"] == 0, result
-    hosts = inventory(tmp_path, minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host, minimarket_db_port=pg_server.port,
-                      minimarket_db_user=pg_server.user, minimarket_db_password=pg_server.password,
-                      minimarket_db_tools_in_container=False, minimarket_services_to_stop=["agente_deposito"])
+    hosts = local_inventory(tmp_path, "testing", minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host, minimarket_db_port=pg_server.port,
+                            minimarket_db_user=pg_server.user, minimarket_db_password=pg_server.password,
+                            minimarket_db_tools_in_container=False, minimarket_services_to_stop=["agente_deposito"])
     return hosts, result["archive"]
 
 
@@ -124,7 +114,7 @@ def test_volume_restore_shows_the_archive_and_what_it_replaces_then_refuses(engi
     archived = _volume_archive.archive(engine, options)
     with open(os.path.join(mountpoint, "ventas.csv"), "wb") as handle:
         handle.write(b"changed since")
-    hosts = inventory(tmp_path, minimarket_volumes=[volume])
+    hosts = local_inventory(tmp_path, "testing", minimarket_volumes=[volume])
     proc = ansible("ansible-playbook", "-i", hosts, "playbooks/restore_volumes.yml", "-e", "backup_file=latest")
     out = refusal(proc)
     shown = [line for line in out.splitlines() if "from backup %s (taken" % archived["archive"] in line]

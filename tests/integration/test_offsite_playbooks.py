@@ -3,13 +3,12 @@ import json
 import os
 
 import pytest
-import yaml
 
 from ansible_collections.minimarket.backup.plugins.module_utils import _volume_archive
 from testenv import pgcompare
 from tests.integration.test_offsite import T0, files, offsite_args, remote_files
 from tests.integration.test_offsite import run_module as run_offsite
-from tests.integration.test_playbooks import ansible
+from tests.integration.test_playbooks import ansible, local_inventory
 from tests.pg_fixtures import conn_args, run_module
 from tests.retention_fixtures import BackupDir
 
@@ -35,15 +34,6 @@ PLAYBOOK = """\
 """
 
 
-def inventory(tmp_path, **hostvars):
-    path = tmp_path / "hosts.yml"
-    host = dict(ansible_connection="local", ansible_python_interpreter="{{ ansible_playbook_python }}",
-                minimarket_environment="production", minimarket_backup_root=str(tmp_path / "backups"))
-    host.update(hostvars)
-    path.write_text(yaml.safe_dump({"backup_hosts": {"hosts": {"localhost": host}}}))
-    return str(path)
-
-
 def test_role_pushes_prunes_and_fetches_back(sftp_server, tmp_path):
     base = sftp_server.remote.rsplit("/", 1)[0]
     local = tmp_path / "backups" / "database"
@@ -53,8 +43,8 @@ def test_role_pushes_prunes_and_fetches_back(sftp_server, tmp_path):
     pushed = [backups.complete(T0.replace(day=1 + day)) for day in days]
     playbook = tmp_path / "offsite.yml"
     playbook.write_text(PLAYBOOK)
-    hosts = inventory(tmp_path, minimarket_offsite_remote=base + "/", minimarket_offsite_remote_config=sftp_server.remote_config,
-                      minimarket_offsite_retention={"days": 0, "keep_last": 2})
+    hosts = local_inventory(tmp_path, "production", minimarket_offsite_remote=base + "/", minimarket_offsite_remote_config=sftp_server.remote_config,
+                            minimarket_offsite_retention={"days": 0, "keep_last": 2})
     fetch_dir = str(tmp_path / "fetched")
     proc = ansible("ansible-playbook", "-i", hosts, str(playbook), "-e", json.dumps({"fetch_dir": fetch_dir}))
     out = proc.stdout + proc.stderr
@@ -94,8 +84,8 @@ def test_role_verify_reads_the_remote_back_and_names_damaged_and_missing_copies(
     assert run_offsite(offsite_args(sftp_server, state="push", src_dir=str(local), retention_days=0, keep_last=5))["pushed"] == pushed[::-1]
     playbook = tmp_path / "verify.yml"
     playbook.write_text(VERIFY_PLAYBOOK)
-    hosts = inventory(tmp_path, minimarket_offsite_remote=base, minimarket_offsite_remote_config=sftp_server.remote_config,
-                      minimarket_offsite_retention={"days": 0, "keep_last": 5})
+    hosts = local_inventory(tmp_path, "production", minimarket_offsite_remote=base, minimarket_offsite_remote_config=sftp_server.remote_config,
+                            minimarket_offsite_retention={"days": 0, "keep_last": 5})
 
     def verify():
         before = (remote_files(sftp_server), files(str(local)))
@@ -128,7 +118,7 @@ def test_role_verify_reads_the_remote_back_and_names_damaged_and_missing_copies(
 def test_role_does_nothing_without_a_remote(tmp_path):
     playbook = tmp_path / "offsite.yml"
     playbook.write_text(PLAYBOOK.replace("FETCHED={{ backup_offsite_fetched.path }}", "FETCHED={{ backup_offsite_fetched is defined }}"))
-    proc = ansible("ansible-playbook", "-i", inventory(tmp_path), str(playbook), "-e", json.dumps({"fetch_dir": str(tmp_path / "f")}))
+    proc = ansible("ansible-playbook", "-i", local_inventory(tmp_path, "production"), str(playbook), "-e", json.dumps({"fetch_dir": str(tmp_path / "f")}))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FETCHED=False" in proc.stdout and "changed=0" in proc.stdout
 
@@ -144,11 +134,11 @@ def test_restore_playbook_fetches_from_the_second_location_what_the_disk_lacks(
     pg_server.execute("DELETE FROM ventas WHERE id % 2 = 0 AND id NOT IN (SELECT venta_id FROM venta_items)", seeded_db)
     pg_server.execute("UPDATE productos SET nombre = 'damaged'", seeded_db)
 
-    hosts = inventory(tmp_path, minimarket_environment="testing", minimarket_db_tools_in_container=False,
-                      minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host,
-                      minimarket_db_port=pg_server.port, minimarket_db_user=pg_server.user, minimarket_db_password=pg_server.password,
-                      minimarket_offsite_remote=sftp_server.remote.rsplit("/", 1)[0],
-                      minimarket_offsite_remote_config=sftp_server.remote_config)
+    hosts = local_inventory(tmp_path, "testing", minimarket_db_tools_in_container=False,
+                            minimarket_db_name=seeded_db, minimarket_db_host=pg_server.host,
+                            minimarket_db_port=pg_server.port, minimarket_db_user=pg_server.user, minimarket_db_password=pg_server.password,
+                            minimarket_offsite_remote=sftp_server.remote.rsplit("/", 1)[0],
+                            minimarket_offsite_remote_config=sftp_server.remote_config)
     fetched = str(tmp_path / "backups" / "database")
     backup_file = "latest" if requested == "latest" else os.path.join(fetched, os.path.basename(dumped["archive"]))
     proc = ansible("ansible-playbook", "-i", hosts, "playbooks/restore_database.yml", "-e", "backup_file=" + backup_file,
@@ -173,8 +163,8 @@ def test_volume_restore_fetches_a_missing_archive_path_from_the_second_location(
     with open(os.path.join(mountpoint, "ventas.csv"), "wb") as handle:
         handle.write(b"damaged")
 
-    hosts = inventory(tmp_path, minimarket_environment="testing", minimarket_volumes=[volume],
-                      minimarket_offsite_remote=base, minimarket_offsite_remote_config=s3_server.remote_config)
+    hosts = local_inventory(tmp_path, "testing", minimarket_volumes=[volume],
+                            minimarket_offsite_remote=base, minimarket_offsite_remote_config=s3_server.remote_config)
     backup_file = str(tmp_path / "backups" / "volumes" / os.path.basename(archived["archive"]))
     proc = ansible("ansible-playbook", "-i", hosts, "playbooks/restore_volumes.yml", "-e", "backup_file=" + backup_file,
                    "-e", "confirm=yes")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -32,6 +33,16 @@ def ansible(tool, *args, env=None, stdin=subprocess.DEVNULL):
         [os.path.join(BIN, tool)] + list(args), cwd=ROOT, env=environ, stdin=stdin,
         capture_output=True, text=True, timeout=300, check=False,
     )
+
+
+def local_inventory(tmp_path, environment, **hostvars):
+    """An inventory file for this machine as the one backup host of ``environment``, backups under ``tmp_path``."""
+    path = tmp_path / "hosts.yml"
+    host = dict(ansible_connection="local", ansible_python_interpreter="{{ ansible_playbook_python }}",
+                minimarket_environment=environment, minimarket_backup_root=str(tmp_path / "backups"))
+    host.update(hostvars)
+    path.write_text(yaml.safe_dump({"backup_hosts": {"hosts": {"localhost": host}}}))
+    return str(path)
 
 
 def test_every_documented_procedure_has_a_playbook():

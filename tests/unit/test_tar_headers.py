@@ -1,4 +1,4 @@
-"""The posix-format header parser gives tarfile's fields for everything GNU tar writes from a volume, and refuses the rest."""
+"""The header parser gives tarfile's fields for everything GNU tar writes from a volume, and refuses what this module never writes."""
 import io
 import os
 import subprocess
@@ -9,9 +9,9 @@ import pytest
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._tar_headers import members
 from ansible_collections.minimarket.backup.plugins.module_utils._volume_archive import host_create_command
-from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import PipeReader, scan_stream
+from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar import PipeReader, SafetyChecker, extract_stream, scan_stream
 from tests.unit.test_volume_tar import piped
-from tests.volume_fixtures import populate
+from tests.volume_fixtures import populate, with_checksum
 
 FIELDS = ("name", "type", "mode", "uid", "gid", "mtime", "size", "linkname", "pax_headers", "sparse")
 
@@ -111,14 +111,42 @@ def _global_header():
     return out.getvalue()
 
 
+def _pax(name, pax_headers, data=None, kind=tarfile.REGTYPE):
+    out = io.BytesIO()
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.pax_headers = pax_headers
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        if data is None:
+            archive.addfile(member)
+        else:
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    return out.getvalue()
+
+
+def _negative_size():
+    data = bytearray(_pax("vol/f", {}, b"x"))
+    data[0:512] = with_checksum(bytes(data[0:124]) + b"\xff" * 12 + bytes(data[136:512]))
+    return bytes(data)
+
+
 @pytest.mark.parametrize("stream, why", [
-    (_gnu_format("vol/" + "n" * 120), r"header at offset 0: member type b'L' is not one GNU tar writes in posix format"),
-    (_global_header(), r"header at offset 0: member type b'g' is not one GNU tar writes in posix format"),
+    (_gnu_format("vol/" + "n" * 120), r"header at offset 0: not a POSIX \(pax\) tar header, magic b'ustar  \\x00'"),
+    (_global_header(), r"header at offset 0: member type b'g' is not one this module writes"),
     (_sparse_01(), r"header at offset 1024: a GNU sparse format other than 1.0"),
+    # GNU tar skips a pax number it cannot read (with an error message) and frames by the ustar size instead
+    (_pax("vol/f", {"size": "1_0"}, b"0123456789"), r"header at offset 1024: the pax size '1_0' is not a decimal number"),
+    (_pax("vol/f", {"size": "+10"}, b"0123456789"), r"header at offset 1024: the pax size '\+10' is not a decimal number"),
+    # data after a symlink: GNU tar and tarfile need not agree where the next header starts
+    (_pax("vol/l", {"size": "512"}, kind=tarfile.SYMTYPE), r"header at offset 1024: a b'2' member with 512 bytes of data"),
+    (_negative_size(), r"header at offset 0: the size field b'\\xff.*' is not an octal number"),
 ])
-def test_headers_gnu_tar_does_not_write_in_posix_format_are_refused(stream, why):
+def test_what_this_module_never_writes_is_refused(stream, why):
     with piped(stream) as pipe, pytest.raises(BackupError, match=r"^the tar stream read from the volumes cannot be parsed \(%s\)" % why):
         scan_stream(PipeReader(pipe))
+    with pytest.raises(BackupError, match=r"^archive a.tar is truncated or damaged \(%s\)" % why):
+        extract_stream(io.BytesIO(stream), SafetyChecker(["vol"]), {}, "a.tar")
 
 
 def test_a_bad_checksum_names_its_offset(volume_stream):

@@ -24,8 +24,8 @@ from ansible_collections.minimarket.backup.plugins.module_utils._volume_tar impo
 from tests.volume_fixtures import crafted_tar, unparsable_sparse_archives
 
 ARCHIVE = "volumes_test_20250101_000000.tar"
-UNPARSABLE_CASES = ["sparse-map-without-newline", "sparse-size-not-a-number", "sparse-map-in-header",
-                    "sparse-extension-past-the-end"]
+UNPARSABLE_CASES = ["sparse-map-without-newline", "sparse-size-not-a-number", "sparse-map-past-the-data",
+                    "gnu-format"]
 
 
 def digest_of(*parts):
@@ -174,7 +174,7 @@ def test_a_damaged_header_is_not_taken_for_the_end_of_the_archive():
     data[second + 148:second + 156] = b"%06o\0 " % sum(data[second:second + tarfile.BLOCKSIZE])
     with tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r|") as archive:
         assert [member.name for member in archive] == ["v1", "v1/a"]  # what tarfile alone makes of it
-    with pytest.raises(BackupError, match="^archive %s is truncated or damaged \\(header at offset %d: invalid header\\)"
+    with pytest.raises(BackupError, match="^archive %s is truncated or damaged \\(header at offset %d: the size field b'0000000000z"
                        % (ARCHIVE, second)):
         scan_stream(io.BytesIO(bytes(data)), name=ARCHIVE)
 
