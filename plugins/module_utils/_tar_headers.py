@@ -25,6 +25,8 @@ MEMBER_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, t
 REGULAR = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE))
 POSIX_MAGIC = tarfile.POSIX_MAGIC  # "ustar\0" and version "00"
 OCTAL = re.compile(br" *([0-7]*) *")
+# Read whole into memory: names, link targets, xattrs and ACLs fit many times over; a hostile size must not exhaust it.
+MAX_PAX = 16 * 1024 * 1024
 PAX_RECORD = re.compile(br"(\d+) ([^=]+)=")
 SIGNED = struct.Struct("148b8x356b")
 # name, mode, uid, gid, size, mtime, chksum, type, linkname, magic+version, uname+gname+devmajor+devminor, prefix
@@ -209,6 +211,8 @@ def members(read):
         records = None
         if buf[156:157] == tarfile.XHDTYPE:
             size = _padded(_size(_checked(buf, offset)[124:136], offset))
+            if size > MAX_PAX:
+                raise EOFError("header at offset %d: a pax header of %d bytes, more than any member needs" % (offset, size))
             records = _pax_records(read(size), offset)
             offset += BLOCKSIZE + size
             buf = read(BLOCKSIZE)

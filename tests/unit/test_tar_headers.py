@@ -131,6 +131,12 @@ def _negative_size():
     return bytes(data)
 
 
+def _huge_pax_header():
+    data = bytearray(_pax("vol/f", {"comment": "x"}))
+    data[0:512] = with_checksum(bytes(data[0:124]) + b"77777777777\0" + bytes(data[136:512]))
+    return bytes(data)
+
+
 @pytest.mark.parametrize("stream, why", [
     (_gnu_format("vol/" + "n" * 120), r"header at offset 0: not a POSIX \(pax\) tar header, magic b'ustar  \\x00'"),
     (_global_header(), r"header at offset 0: member type b'g' is not one this module writes"),
@@ -140,6 +146,7 @@ def _negative_size():
     (_pax("vol/f", {"size": "+10"}, b"0123456789"), r"header at offset 1024: the pax size '\+10' is not a decimal number"),
     # data after a symlink: GNU tar and tarfile need not agree where the next header starts
     (_pax("vol/l", {"size": "512"}, kind=tarfile.SYMTYPE), r"header at offset 1024: a b'2' member with 512 bytes of data"),
+    (_huge_pax_header(), r"header at offset 0: a pax header of 8589934592 bytes, more than any member needs"),
     (_negative_size(), r"header at offset 0: the size field b'\\xff.*' is not an octal number"),
 ])
 def test_what_this_module_never_writes_is_refused(stream, why):
