@@ -83,9 +83,6 @@ class Member(object):
     def isreg(self):
         return self.type in REGULAR
 
-    def isdir(self):
-        return self.type == tarfile.DIRTYPE
-
     def issym(self):
         return self.type == tarfile.SYMTYPE
 
