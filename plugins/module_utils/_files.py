@@ -9,8 +9,10 @@ fsynced, so nothing that looks complete can be left behind by a failure.
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
+import threading
 
 from ansible_collections.minimarket.backup.plugins.module_utils._backup_set import (
     METADATA_SUFFIX,
@@ -20,6 +22,8 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     parse_archive_name,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+
+WRITEBACK_STEP = 16 * 1024 * 1024
 
 
 @contextlib.contextmanager
@@ -76,6 +80,72 @@ def new_archive_path(directory, kind, environment, when, compression, encrypted=
     return path
 
 
+class WritebackWriter(io.BufferedWriter):
+    """A buffered file that a helper thread makes durable (fdatasync) every 16 MiB while more is written.
+
+    The final fsync then waits for the tail only: the disk, and a VM host's
+    flush (most of the cost on the machines we measure), work while the backup
+    is still produced instead of after it: 0.4 s at the end of a 2.5 s archive
+    of 500 MB (bench/README.md).  Small files never start the helper.
+    """
+
+    def __init__(self, raw):
+        super(WritebackWriter, self).__init__(raw)
+        self._written = self._asked = 0
+        self._wake = threading.Event()
+        self._closing = False
+        self._error = None
+        self._helper = None
+
+    def write(self, data):
+        count = super(WritebackWriter, self).write(data)
+        self._written += count
+        if self._written - self._asked >= WRITEBACK_STEP:
+            if self._error is not None:
+                raise self._error  # a disk that failed a write-back: stop producing the rest
+            self.flush()
+            self._asked = self._written
+            if self._helper is None:
+                self._helper = threading.Thread(target=self._sync_steps)
+                self._helper.daemon = True
+                self._helper.start()
+            self._wake.set()
+        return count
+
+    def _sync_steps(self):
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                os.fdatasync(self.raw.fileno())
+            except OSError as exc:
+                # The kernel reports a write error to one fsync only: sync() must raise this one.
+                self._error = exc
+                return
+
+    def _stop_helper(self):
+        if self._helper is not None:
+            self._closing = True
+            self._wake.set()
+            self._helper.join()
+            self._helper = None
+
+    def sync(self):
+        """Flush and fsync; raises the OSError the helper met, if it met one."""
+        self.flush()
+        self._stop_helper()
+        if self._error is not None:
+            raise self._error
+        os.fsync(self.fileno())
+
+    def close(self):
+        # The helper must not outlive the descriptor it syncs: the number could name another file next.
+        self._stop_helper()
+        super(WritebackWriter, self).close()
+
+
 class AtomicFile(object):
     """A 0600 file written as ``<path>.partial`` and renamed into place only by commit().
 
@@ -91,14 +161,13 @@ class AtomicFile(object):
                 os.unlink(self.partial)
         try:
             # Opened by name (not os.fdopen) so handle.name is the path a disk-full message must show.
-            self.handle = open(self.partial, "xb", opener=lambda path, flags: os.open(path, flags, 0o600))
+            self.handle = WritebackWriter(io.FileIO(self.partial, "xb", opener=lambda path, flags: os.open(path, flags, 0o600)))
         except OSError as exc:
             raise BackupError("cannot create %s: %s" % (self.partial, exc.strerror))
 
     def commit(self):
         try:
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
+            self.handle.sync()
             self.handle.close()
         except OSError as exc:
             fix = "free space on the destination" if exc.errno == errno.ENOSPC else "check the destination"
