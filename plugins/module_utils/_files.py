@@ -7,6 +7,7 @@ fsynced, so nothing that looks complete can be left behind by a failure.
 """
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import io
@@ -22,8 +23,10 @@ from ansible_collections.minimarket.backup.plugins.module_utils._backup_set impo
     parse_archive_name,
 )
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
+from ansible_collections.minimarket.backup.plugins.module_utils._process import libc_function
 
 WRITEBACK_STEP = 16 * 1024 * 1024
+_SYNCFS = libc_function("syncfs", (ctypes.c_int,))
 
 
 @contextlib.contextmanager
@@ -54,6 +57,39 @@ def fsync_directory(directory):
         os.close(fd)
 
 
+class Filesystems(object):
+    """The filesystems that hold ``paths``, for trees other processes write (GNU tar fsyncs nothing it extracts).
+
+    Each is opened once, before the writing starts: syncfs(2) reports a write
+    error only to descriptors that were open when it happened.  sync(2) where
+    the C library has no syncfs.
+    """
+
+    def __init__(self, paths):
+        self._open = {}
+        try:
+            for path in paths:
+                device = os.stat(path).st_dev
+                if device not in self._open:
+                    self._open[device] = (path, os.open(path, os.O_RDONLY))
+        except BaseException:
+            self.close()
+            raise
+
+    def sync(self):
+        for path, fd in self._open.values():
+            if _SYNCFS is None:
+                os.sync()
+            elif _SYNCFS(fd) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code), path)
+
+    def close(self):
+        for unused, fd in self._open.values():
+            os.close(fd)
+        self._open = {}
+
+
 def remove_stale_partials(directory, kind, environment):
     """Only under backup_lock: a .partial of this set that nobody is writing is what a killed run left."""
     removed = []
@@ -80,69 +116,86 @@ def new_archive_path(directory, kind, environment, when, compression, encrypted=
     return path
 
 
-class WritebackWriter(io.BufferedWriter):
-    """A buffered file that a helper thread makes durable (fdatasync) every 16 MiB while more is written.
+class SyncHelper(object):
+    """A thread that makes written data durable while more is written, so that the last sync waits for the tail only.
 
-    The final fsync then waits for the tail only: the disk, and a VM host's
-    flush (most of the cost on the machines we measure), work while the backup
-    is still produced instead of after it: 0.4 s at the end of a 2.5 s archive
-    of 500 MB (bench/README.md).  Small files never start the helper.
+    The disk, and a VM host's flush (most of the cost on the machines we
+    measure), then work while the data is still produced instead of after it.
+    ``sync`` (an fdatasync, a syncfs) runs each time ``ask`` is called, or every
+    ``period`` seconds.  The kernel reports a write error to one sync only: the
+    helper stops at it and keeps it in ``error`` for its owner to raise.
+    """
+
+    def __init__(self, sync, period=None):
+        self._sync = sync
+        self._period = period
+        self._wake = threading.Event()
+        self._closing = False
+        self.error = None
+        self.thread = threading.Thread(target=self._run)
+        self.thread.daemon = True
+        self.thread.start()
+
+    def ask(self):
+        self._wake.set()
+
+    def _run(self):
+        while True:
+            self._wake.wait(self._period)
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                self._sync()
+            except OSError as exc:
+                self.error = exc
+                return
+
+    def stop(self):
+        self._closing = True
+        self._wake.set()
+        self.thread.join()
+
+
+class WritebackWriter(io.BufferedWriter):
+    """A buffered file that a SyncHelper fdatasyncs every 16 MiB while more is written.
+
+    The fsync before the rename then waits for the last step only: 0.4 s at the
+    end of a 2.5 s archive of 500 MB (bench/README.md).  Small files never
+    start the helper.
     """
 
     def __init__(self, raw):
         super(WritebackWriter, self).__init__(raw)
         self._written = self._asked = 0
-        self._wake = threading.Event()
-        self._closing = False
-        self._error = None
         self._helper = None
 
     def write(self, data):
         count = super(WritebackWriter, self).write(data)
         self._written += count
         if self._written - self._asked >= WRITEBACK_STEP:
-            if self._error is not None:
-                raise self._error  # a disk that failed a write-back: stop producing the rest
+            if self._helper is not None and self._helper.error is not None:
+                raise self._helper.error  # a disk that failed a write-back: stop producing the rest
             self.flush()
             self._asked = self._written
             if self._helper is None:
-                self._helper = threading.Thread(target=self._sync_steps)
-                self._helper.daemon = True
-                self._helper.start()
-            self._wake.set()
+                self._helper = SyncHelper(lambda: os.fdatasync(self.raw.fileno()))
+            self._helper.ask()
         return count
-
-    def _sync_steps(self):
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._closing:
-                return
-            try:
-                os.fdatasync(self.raw.fileno())
-            except OSError as exc:
-                # The kernel reports a write error to one fsync only: sync() must raise this one.
-                self._error = exc
-                return
-
-    def _stop_helper(self):
-        if self._helper is not None:
-            self._closing = True
-            self._wake.set()
-            self._helper.join()
-            self._helper = None
 
     def sync(self):
         """Flush and fsync; raises the OSError the helper met, if it met one."""
         self.flush()
-        self._stop_helper()
-        if self._error is not None:
-            raise self._error
+        if self._helper is not None:
+            self._helper.stop()
+            if self._helper.error is not None:
+                raise self._helper.error
         os.fsync(self.fileno())
 
     def close(self):
         # The helper must not outlive the descriptor it syncs: the number could name another file next.
-        self._stop_helper()
+        if self._helper is not None:
+            self._helper.stop()
         super(WritebackWriter, self).close()
 
 

@@ -189,8 +189,8 @@ def test_atomic_file_syncs_while_written_and_keeps_every_byte(tmp_path):
     target = str(tmp_path / "volumes_production_20251007_120000.tar.zst")
     with AtomicFile(target) as out:
         expected = _write_steps(out, 2)
-        helper = out.handle._helper
-        assert helper is not None and helper.is_alive()
+        helper = out.handle._helper.thread
+        assert helper.is_alive()
         out.commit()
     assert not helper.is_alive()
     with open(target, "rb") as handle:
@@ -203,7 +203,7 @@ def test_atomic_file_stops_the_helper_when_discarded(tmp_path):
     with pytest.raises(RuntimeError):
         with AtomicFile(target) as out:
             _write_steps(out, 1)
-            helper = out.handle._helper
+            helper = out.handle._helper.thread
             raise RuntimeError("tar failed")
     assert not helper.is_alive()
     assert os.listdir(str(tmp_path)) == []
@@ -224,7 +224,7 @@ def test_atomic_file_reports_the_write_error_the_helper_met(tmp_path, monkeypatc
     with pytest.raises(OSError, match="Input/output error"):
         with AtomicFile(target) as out:
             _write_steps(out, 1)
-            out.handle._helper.join()  # it ends at its error; the next step's write raises it
+            out.handle._helper.thread.join()  # it ends at its error; the next step's write raises it
             _write_steps(out, 1)
     assert os.listdir(str(tmp_path)) == []
 
