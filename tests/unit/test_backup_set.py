@@ -178,7 +178,7 @@ def test_atomic_file_removes_the_partial_when_the_final_flush_fails(tmp_path):
 def _write_steps(out, steps):
     payload = os.urandom(1024 * 1024)
     digest = hashlib.sha256()
-    for _ in range(steps * WRITEBACK_STEP // len(payload) + 3):
+    for unused in range(steps * WRITEBACK_STEP // len(payload) + 3):
         out.handle.write(payload)
         digest.update(payload)
     return digest.hexdigest()
