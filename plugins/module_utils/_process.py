@@ -11,6 +11,7 @@ never through argv.
 """
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import subprocess
@@ -190,6 +191,18 @@ def widen_pipe(fd):
         fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass
+
+
+def libc_function(name, argtypes=None, restype=ctypes.c_int):
+    """A C library call ``os`` lacks (tee, renameat2, syncfs), setting errno; None where this C library has none."""
+    try:
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (AttributeError, OSError):
+        return None
+    if argtypes is not None:
+        function.argtypes = argtypes
+    function.restype = restype
+    return function
 
 
 def run(argv, data=None, env=None, binary=False):

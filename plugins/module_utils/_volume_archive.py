@@ -33,6 +33,8 @@ import time
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
 from ansible_collections.minimarket.backup.plugins.module_utils._files import (
     AtomicFile,
+    Filesystems,
+    SyncHelper,
     backup_lock,
     new_archive_path,
     remove_stale_partials,
@@ -44,7 +46,7 @@ from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import
     check_recipients,
     encryption_record,
 )
-from ansible_collections.minimarket.backup.plugins.module_utils._process import PIPE, Process, widen_pipe
+from ansible_collections.minimarket.backup.plugins.module_utils._process import PIPE, Process, libc_function, widen_pipe
 from ansible_collections.minimarket.backup.plugins.module_utils import _journal
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._docker import Engine, containers_stopped, start_stopped
@@ -82,6 +84,9 @@ TAR_EXTRACT = [
 WIPE_SCRIPT = 'set -e; for v in "$@"; do cd "/mm/$v"; rm -rf -- ..?* .[!.]* *; done'
 AT_FDCWD = -100
 RENAME_EXCHANGE = 2
+_RENAMEAT2 = libc_function("renameat2")
+# How often a restore's extraction is made durable while it runs (syncfs: cheap when little is waiting).
+SYNC_PERIOD = 0.5
 
 
 def check_volume_names(names):
@@ -517,12 +522,9 @@ def _compare(backup, summaries, hashed):
 
 def exchange(first, second):
     """Swap two directories in one step (renameat2 RENAME_EXCHANGE, Linux 3.15+): neither name is ever missing."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    try:
-        renameat2 = libc.renameat2
-    except AttributeError:
+    if _RENAMEAT2 is None:
         raise BackupError("this C library has no renameat2 (glibc 2.28+ needed) to swap volume data atomically: use mode=api")
-    if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) != 0:
+    if _RENAMEAT2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) != 0:
         code = ctypes.get_errno()
         if code in (errno.EINVAL, errno.ENOSYS):
             raise BackupError("the filesystem of %s cannot swap directories atomically (RENAME_EXCHANGE: %s): the volumes were "
@@ -530,8 +532,34 @@ def exchange(first, second):
         raise OSError(code, os.strerror(code), second)
 
 
+def _stage_durably(backup, records, mountpoints, tag, staging_dirs, journal, allow_devices, check):
+    """_stage, with the staged trees on the disk before any is swapped in; returns {volume: staged tree}.
+
+    GNU tar fsyncs nothing it extracts: a power cut shortly after a restore that
+    said it was done could otherwise leave empty files in the volume, with the
+    previous data already deleted.  A SyncHelper syncs the volumes' filesystems
+    while tar writes, so the last sync waits for the tail only.
+    """
+    filesystems = Filesystems(os.path.dirname(path) for path in mountpoints.values())
+    helper = SyncHelper(filesystems.sync, period=SYNC_PERIOD)
+    try:
+        staged, unused = _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devices, check)
+        helper.stop()
+        try:
+            if helper.error is not None:
+                raise helper.error
+            filesystems.sync()
+        except OSError as exc:
+            raise BackupError("writing the restored data to disk failed (%s: %s): the volumes were not changed; check the "
+                              "disk (dmesg) and run the restore again" % (exc.filename, exc.strerror))
+        return staged
+    finally:
+        helper.stop()
+        filesystems.close()
+
+
 def _host_restore(backup, records, infos, journal, allow_devices=False, check=True):
-    """Extract the chosen volumes beside their data, check them, then exchange each staged tree with ``_data``.
+    """Extract the chosen volumes beside their data, check them, make them durable, then exchange each staged tree with ``_data``.
 
     Returns the staging directories, which hold the replaced data after the
     exchange: the caller deletes them once the containers are running again,
@@ -544,7 +572,7 @@ def _host_restore(backup, records, infos, journal, allow_devices=False, check=Tr
     staging_dirs = []
     done = False
     try:
-        staged, unused = _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devices, check)
+        staged = _stage_durably(backup, records, mountpoints, tag, staging_dirs, journal, allow_devices, check)
         volumes = [{"name": record["name"], "mountpoint": mountpoints[record["name"]], "staged": staged[record["name"]],
                     "inode": os.lstat(mountpoints[record["name"]]).st_ino} for record in records]
         journal.record("volume_swap", volumes=volumes)

@@ -31,7 +31,7 @@ import tarfile
 
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._pipeline import TAR_PARSE_ERRORS, damaged_archive
-from ansible_collections.minimarket.backup.plugins.module_utils._process import widen_pipe
+from ansible_collections.minimarket.backup.plugins.module_utils._process import libc_function, widen_pipe
 from ansible_collections.minimarket.backup.plugins.module_utils._tar_headers import members
 
 BLOCK = 64 * 1024
@@ -252,18 +252,7 @@ class SafetyChecker(object):
             self._symlinks.add(name)
 
 
-def _load_tee():
-    """tee(2) from the C library (``os`` has splice, not tee), or None where there is none (not Linux)."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).tee
-    except (AttributeError, OSError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint)
-    function.restype = ctypes.c_ssize_t
-    return function
-
-
-_TEE = _load_tee()
+_TEE = libc_function("tee", (ctypes.c_int, ctypes.c_int, ctypes.c_size_t, ctypes.c_uint), ctypes.c_ssize_t)
 
 
 def is_pipe(handle):

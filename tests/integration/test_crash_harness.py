@@ -3,7 +3,8 @@
 The kill comes from ``strace -e inject=<syscall>:signal=SIGKILL:when=N``: the
 journal is written by rename(2) before each step, so the Nth rename is the
 moment the module is about to record step N (steps 1..N-1 done); the volume
-swap is renameat2(2) RENAME_EXCHANGE, one per volume.  After each kill:
+swap is renameat2(2) RENAME_EXCHANGE, one per volume, after one syncfs(2)
+of the staged copy.  After each kill:
 (a) the live database exists and every volume has its data (the old or the
 new, never a mix); (b) the next run succeeds, restarts every container the
 killed run stopped, leaves the live database open and no temporary database,
@@ -138,12 +139,13 @@ def test_verify_killed_leaves_no_scratch_database(pg_server, seeded_db, backup_r
 
 # ---------------------------------------------------------------- volumes (host mode, real Docker engine)
 
-# (syscall, when, the state the killed run leaves, a repair the next run must report)
+# (syscall, when, the state the killed run leaves, each volume's marker then, a repair the next run must report)
 VOLUME_STEPS = [
-    ("rename", 2, "container stopped, nothing staged", "started container"),
-    ("rename", 3, "restored copy staged beside the data", "removed staging directory"),
-    ("renameat2", 1, "copy checked, no volume swapped", "started container"),
-    ("renameat2", 2, "first volume swapped, second not", "put the previous data of volume"),
+    ("rename", 2, "container stopped, nothing staged", ["live", "live"], "started container"),
+    ("rename", 3, "restored copy staged beside the data", ["live", "live"], "removed staging directory"),
+    ("syncfs", 1, "copy checked, not yet made durable, no volume swapped", ["live", "live"], "removed staging directory"),
+    ("renameat2", 1, "copy checked and on disk, no volume swapped", ["live", "live"], "started container"),
+    ("renameat2", 2, "first volume swapped, second not", ["backup", "live"], "put the previous data of volume"),
 ]
 
 
@@ -188,16 +190,16 @@ def volume_leftovers(mm_docker, names):
     return [entry for name in names for entry in os.listdir(os.path.dirname(mm_docker.mountpoint(name))) if entry != "_data"]
 
 
-@pytest.mark.parametrize("syscall,when,state,repair", VOLUME_STEPS, ids=[s[2] for s in VOLUME_STEPS])
-def test_volume_restore_killed(mm_docker, two_volumes, backup_root, syscall, when, state, repair):
+@pytest.mark.parametrize("syscall,when,state,contents,repair", VOLUME_STEPS, ids=[s[2] for s in VOLUME_STEPS])
+def test_volume_restore_killed(mm_docker, two_volumes, backup_root, syscall, when, state, contents, repair):
     del state
     names, user, base = two_volumes
     args = dict(base, state="restore", src="latest")
 
     killed_at(args, syscall, when, module=VOLUME_MODULE)
 
-    # (a) every volume has its data: all as before, or all restored
-    assert volume_contents(mm_docker, names) in (["live", "live"], ["backup", "backup"], ["backup", "live"])
+    # (a) every volume has its data, whole: the old, or the restored one once its swap was done
+    assert volume_contents(mm_docker, names) == contents
     assert not mm_docker.running(user), "the kill came before the container was stopped"
 
     # (b) the next run repairs first: old data back, container running, no staging directory left
@@ -222,6 +224,25 @@ def test_volume_swap_undone_keeps_every_volume_old(mm_docker, two_volumes, backu
     assert mm_docker.running(user) and volume_leftovers(mm_docker, names) == []
     assert [e["repair"] for e in checked["repaired"]][:1] == [
         "put the previous data of volume %s back (the interrupted restore had swapped only some volumes)" % names[0]]
+
+
+def test_volume_restore_refused_when_the_copy_cannot_reach_the_disk(mm_docker, two_volumes, backup_root):
+    """syncfs(2) fails (strace injects EIO): one line naming the volume and the fix; every volume keeps its old data."""
+    names, user, base = two_volumes
+    argv, path = module_argv(dict(base, state="restore", src="latest"), module=VOLUME_MODULE)
+    try:
+        proc = subprocess.run([STRACE, "-qq", "-o", "/dev/null", "-e", "trace=syncfs", "-e", "inject=syncfs:error=EIO"] + argv,
+                              capture_output=True, text=True, env=module_env(), timeout=300, check=False)
+    finally:
+        os.unlink(path)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 1 and result["failed"], result
+    assert result["msg"] in ["writing the restored data to disk failed (%s: Input/output error): the volumes were not changed; "
+                             "check the disk (dmesg) and run the restore again" % os.path.dirname(mm_docker.mountpoint(name))
+                             for name in names]
+    assert volume_contents(mm_docker, names) == ["live", "live"]
+    assert mm_docker.running(user) and volume_leftovers(mm_docker, names) == []
+    assert journals(backup_root) == {}
 
 
 def test_archive_killed_while_containers_stopped(engine, mm_docker, two_volumes, backup_root):

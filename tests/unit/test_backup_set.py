@@ -15,6 +15,7 @@ import pytest
 from ansible_collections.minimarket.backup.plugins.module_utils import _backup_set as bs
 from ansible_collections.minimarket.backup.plugins.module_utils._errors import BackupError
 from ansible_collections.minimarket.backup.plugins.module_utils._files import (
+    WRITEBACK_STEP,
     AtomicFile,
     backup_lock,
     new_archive_path,
@@ -171,6 +172,60 @@ def test_atomic_file_removes_the_partial_when_the_final_flush_fails(tmp_path):
             out.handle = FullDisk(io.FileIO(out.partial, "wb"))
             out.handle.write(b"buffered tail")
             raise RuntimeError("pg_dump failed")
+    assert os.listdir(str(tmp_path)) == []
+
+
+def _write_steps(out, steps):
+    payload = os.urandom(1024 * 1024)
+    digest = hashlib.sha256()
+    for unused in range(steps * WRITEBACK_STEP // len(payload) + 3):
+        out.handle.write(payload)
+        digest.update(payload)
+    return digest.hexdigest()
+
+
+def test_atomic_file_syncs_while_written_and_keeps_every_byte(tmp_path):
+    """Past WRITEBACK_STEP a helper thread fdatasyncs what is written; commit() waits for it and the file is whole."""
+    target = str(tmp_path / "volumes_production_20251007_120000.tar.zst")
+    with AtomicFile(target) as out:
+        expected = _write_steps(out, 2)
+        helper = out.handle._helper.thread
+        assert helper.is_alive()
+        out.commit()
+    assert not helper.is_alive()
+    with open(target, "rb") as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() == expected
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
+def test_atomic_file_stops_the_helper_when_discarded(tmp_path):
+    target = str(tmp_path / "volumes_production_20251007_120000.tar.zst")
+    with pytest.raises(RuntimeError):
+        with AtomicFile(target) as out:
+            _write_steps(out, 1)
+            helper = out.handle._helper.thread
+            raise RuntimeError("tar failed")
+    assert not helper.is_alive()
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_atomic_file_reports_the_write_error_the_helper_met(tmp_path, monkeypatch):
+    """The kernel tells one fsync about a failed write-back: the helper's must reach commit(), not vanish with it."""
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    target = str(tmp_path / "volumes_production_20251007_120000.tar.zst")
+    with pytest.raises(BackupError, match=r"^writing .*\.tar\.zst\.partial failed: Input/output error -- check the destination"):
+        with AtomicFile(target) as out:
+            _write_steps(out, 1)
+            out.commit()
+    assert os.listdir(str(tmp_path)) == []
+    with pytest.raises(OSError, match="Input/output error"):
+        with AtomicFile(target) as out:
+            _write_steps(out, 1)
+            out.handle._helper.thread.join()  # it ends at its error; the next step's write raises it
+            _write_steps(out, 1)
     assert os.listdir(str(tmp_path)) == []
 
 
