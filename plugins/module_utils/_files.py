@@ -156,6 +156,12 @@ class SyncHelper(object):
         self._wake.set()
         self.thread.join()
 
+    def finish(self):
+        """Stop, raising the OSError the helper met: the owner's last sync comes after this."""
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
 
 class WritebackWriter(io.BufferedWriter):
     """A buffered file that a SyncHelper fdatasyncs every 16 MiB while more is written.
@@ -187,9 +193,7 @@ class WritebackWriter(io.BufferedWriter):
         """Flush and fsync; raises the OSError the helper met, if it met one."""
         self.flush()
         if self._helper is not None:
-            self._helper.stop()
-            if self._helper.error is not None:
-                raise self._helper.error
+            self._helper.finish()
         os.fsync(self.fileno())
 
     def close(self):

@@ -544,10 +544,8 @@ def _stage_durably(backup, records, mountpoints, tag, staging_dirs, journal, all
     helper = SyncHelper(filesystems.sync, period=SYNC_PERIOD)
     try:
         staged, unused = _stage(backup, records, mountpoints, tag, staging_dirs, journal, allow_devices, check)
-        helper.stop()
         try:
-            if helper.error is not None:
-                raise helper.error
+            helper.finish()
             filesystems.sync()
         except OSError as exc:
             raise BackupError("writing the restored data to disk failed (%s: %s): the volumes were not changed; check the "

@@ -227,7 +227,7 @@ def test_volume_swap_undone_keeps_every_volume_old(mm_docker, two_volumes, backu
 
 
 def test_volume_restore_refused_when_the_copy_cannot_reach_the_disk(mm_docker, two_volumes, backup_root):
-    """syncfs(2) fails (strace injects EIO): one line naming the volume and the fix; every volume keeps its old data."""
+    """syncfs(2) fails (strace injects EIO): one line naming the directory and the fix; every volume keeps its old data."""
     names, user, base = two_volumes
     argv, path = module_argv(dict(base, state="restore", src="latest"), module=VOLUME_MODULE)
     try:
